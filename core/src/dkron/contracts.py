@@ -1,0 +1,199 @@
+"""What an executor or processor plugin implements, and the registries they are added to.
+
+An executor runs one execution of a job on the node it was dispatched to. It is given an
+:class:`ExecutionRequest`, writes output incrementally to an :class:`OutputSink` (which streams
+it to the leader as it is produced) and must stop promptly once its :class:`CancelToken` is
+set (timeouts, shutdown, and kill requests all cancel through it).
+
+A processor transforms a finished execution record (for example writes its output to a file
+and replaces it with a placeholder), on the node where the job ran.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "CancelToken",
+    "ConfigError",
+    "ExecutionRequest",
+    "ExecutionResult",
+    "Executor",
+    "ExecutorRegistry",
+    "OutputSink",
+    "Processor",
+    "ProcessorRegistry",
+    "RegistrationError",
+]
+
+
+class ConfigError(ValueError):
+    """An executor or processor config is invalid.
+
+    ``key`` names the offending config key (or is ``None`` for the config as a whole); the
+    message says what to fix. The API turns it into a 400 naming the key.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class RegistrationError(ValueError):
+    """A plugin tried to register a name twice, or something that is not an executor."""
+
+
+class CancelToken:
+    """Set when an execution must stop: its timeout passed, it was killed, or the agent stops."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: str = ""
+
+    def cancel(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds; return True once cancelled."""
+        return self._event.wait(timeout)
+
+
+class OutputSink(Protocol):
+    """Where an executor writes its output, in chunks, as it is produced."""
+
+    def write(self, chunk: bytes | str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExecutionRequest:
+    """One execution handed to an executor."""
+
+    job_name: str
+    #: Deterministic id of the run (same for every attempt of one scheduled tick's launch on
+    #: one node). Executors pass it on (shell: ``DKRON_RUN_ID``) so jobs can be idempotent.
+    run_id: str
+    #: The job's ``executor_config``, already validated and normalised by ``Executor.validate``.
+    config: Mapping[str, str]
+    attempt: int = 1
+    execution_id: str = ""
+    #: The node the execution runs on.
+    node_name: str = ""
+    #: Scheduled time of the launch as an RFC 3339 string ("" for manual runs).
+    scheduled_at: str = ""
+    #: Job metadata, for executors that want it.
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ExecutionResult:
+    """What an executor returns. ``error`` is a one-line reason shown before the output."""
+
+    success: bool
+    error: str = ""
+    exit_code: int | None = None
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """An executor plugin. One instance serves every execution on an agent (thread-safe)."""
+
+    def validate(self, config: Mapping[str, str]) -> dict[str, str]:
+        """Check a job's ``executor_config`` at submission; return it normalised.
+
+        Raise :class:`ConfigError` naming the key to fix. Values arrive as strings (the core
+        coerces JSON numbers and booleans). Must not do I/O: it runs in the API request.
+        """
+        ...
+
+    def execute(self, request: ExecutionRequest, output: OutputSink, cancel: CancelToken) -> ExecutionResult:
+        """Run one execution, writing output to ``output``; return when done or cancelled."""
+        ...
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """A processor plugin: post-processes a finished execution on the node where it ran."""
+
+    def validate(self, config: Mapping[str, str]) -> dict[str, str]:
+        """Check the job's config for this processor; raise :class:`ConfigError`."""
+        ...
+
+    def process(self, execution: dict[str, Any], config: Mapping[str, str]) -> dict[str, Any]:
+        """Return the execution record, possibly changed (e.g. ``output`` replaced)."""
+        ...
+
+
+class _Registry:
+    kind = "plugin"
+    protocol: type = object
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+        self._owners: dict[str, str] = {}
+        #: Set by the plugin manager while a given plugin's hook runs, for attribution.
+        self.current_plugin: str = ""
+
+    def add(self, name: str, item: Any) -> None:
+        """Register ``item`` under ``name``. A class is instantiated once, with no arguments."""
+        if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise RegistrationError(f"{self.kind} name must be a non-empty word, got {name!r}")
+        if name in self._items:
+            raise RegistrationError(
+                f"{self.kind} {name!r} is already registered by plugin {self._owners[name]!r}"
+            )
+        instance = item() if isinstance(item, type) else item
+        if not isinstance(instance, self.protocol):
+            raise RegistrationError(f"{self.kind} {name!r} does not implement {self.protocol.__name__}")
+        self._items[name] = instance
+        self._owners[name] = self.current_plugin
+
+    def get(self, name: str) -> Any | None:
+        return self._items.get(name)
+
+    def owner(self, name: str) -> str:
+        return self._owners.get(name, "")
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def remove_plugin(self, plugin: str) -> None:
+        """Forget everything ``plugin`` registered (used when its registration hook fails)."""
+        for name in [n for n, owner in self._owners.items() if owner == plugin]:
+            del self._items[name]
+            del self._owners[name]
+
+
+class ExecutorRegistry(_Registry):
+    """Executors by name (``shell``, ``http``, ...)."""
+
+    kind = "executor"
+    protocol = Executor
+
+    def get(self, name: str) -> Executor | None:
+        return self._items.get(name)
+
+
+class ProcessorRegistry(_Registry):
+    """Processors by name (``log``, ``files``, ...)."""
+
+    kind = "processor"
+    protocol = Processor
+
+    def get(self, name: str) -> Processor | None:
+        return self._items.get(name)
+
+
+#: Type of a factory the tests and the agent use to build registries from chosen plugins.
+RegistryFactory = Callable[[], tuple[ExecutorRegistry, ProcessorRegistry]]
