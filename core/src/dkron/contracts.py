@@ -147,9 +147,7 @@ class _Registry:
         if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
             raise RegistrationError(f"{self.kind} name must be a non-empty word, got {name!r}")
         if name in self._items:
-            raise RegistrationError(
-                f"{self.kind} {name!r} is already registered by plugin {self._owners[name]!r}"
-            )
+            raise RegistrationError(f"{self.kind} {name!r} is already registered by plugin {self._owners[name]!r}")
         instance = item() if isinstance(item, type) else item
         if not isinstance(instance, self.protocol):
             raise RegistrationError(f"{self.kind} {name!r} does not implement {self.protocol.__name__}")

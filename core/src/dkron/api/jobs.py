@@ -1,0 +1,250 @@
+"""``/v1/jobs``: list, create/update, get, delete, run, toggle, restore."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from dkron.api.app import ApiError, agent, json_response, read_json
+from dkron.jobs import JobValidationError, format_time, parse_time, validate_job
+from dkron.schedule import parse_schedule
+from dkron.scheduler import RunRefused
+from dkron.store.queries import JobQuery, QueryError
+from dkron.store.raft import StoreUnavailable
+
+bp = Blueprint("jobs", __name__)
+
+
+def public(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
+def store_errors(handler: Callable[..., Response]) -> Callable[..., Response]:
+    """Map store and query failures to clear HTTP answers."""
+
+    @wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return handler(*args, **kwargs)
+        except StoreUnavailable as exc:
+            raise ApiError(f"the cluster could not commit the change: {exc}; retry", 503) from None
+        except QueryError as exc:
+            raise ApiError(str(exc), 400) from None
+
+    return wrapper
+
+
+def committed(command: str, payload: dict[str, Any]) -> Any:
+    """Write through Raft; a refusal by the state machine becomes its HTTP error."""
+    result = agent().write(command, payload)
+    if isinstance(result, dict) and "error" in result:
+        raise ApiError(result["error"], result.get("status", 400))
+    return result
+
+
+def load_job(name: str) -> dict[str, Any]:
+    job = agent().reader.get_job(name)
+    if job is None:
+        raise ApiError(f"job not found: {name}", 404)
+    return job
+
+
+def next_run(job: dict[str, Any], now: datetime) -> str | None:
+    """The time the job fires next, as the scheduler will compute it (None if never)."""
+    if job["disabled"] or job["parent_job"] or not job["schedule"]:
+        return None
+    schedule = parse_schedule(job["schedule"], timezone=job["timezone"], job_name=job["name"])
+    after = now
+    if job.get("starts_at"):
+        after = max(after, parse_time(job["starts_at"]))
+    nxt = schedule.next_after(after)
+    if nxt is None or (job.get("expires_at") and nxt > parse_time(job["expires_at"])):
+        return None
+    return format_time(nxt)
+
+
+def _parse_int(name: str, default: int | None) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _parse_bool(name: str) -> bool | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() not in ("true", "false"):
+        raise ApiError(f"{name} must be true or false, got {raw!r}")
+    return raw.lower() == "true"
+
+
+@bp.get("/v1/jobs")
+@store_errors
+def list_jobs() -> Response:
+    metadata = {
+        key[9:-1]: value for key, value in request.args.items() if key.startswith("metadata[") and key.endswith("]")
+    }
+    query = JobQuery(
+        q=request.args.get("q", ""),
+        status=request.args.get("status", ""),
+        disabled=_parse_bool("disabled"),
+        metadata=metadata,
+        sort=request.args.get("_sort", "id") or "id",
+        order=request.args.get("_order", "ASC"),
+        start=_parse_int("_start", 0) or 0,
+        end=_parse_int("_end", None),
+    )
+    jobs, total = agent().reader.list_jobs(query)
+    return json_response([public(job) for job in jobs], headers={"X-Total-Count": str(total)})
+
+
+def _save_job(payload: Any, path_name: str | None = None) -> Response:
+    node = agent()
+    if node.submissions_paused:
+        raise ApiError("new job submissions are currently paused", 503)
+    if path_name is not None and isinstance(payload, dict):
+        payload.setdefault("name", path_name)
+        if payload["name"] != path_name:
+            raise ApiError(f"the job name in the body ({payload['name']!r}) differs from the URL ({path_name!r})")
+    try:
+        job = validate_job(payload, executors=node.plugins.executors, processors=node.plugins.processors)
+    except JobValidationError as exc:
+        raise ApiError(f"job validation failed: {exc}", exc.status, field=exc.field) from None
+    existing = node.reader.get_job(job["name"])
+    now = datetime.now(UTC)
+    reschedule = existing is None or any(
+        existing.get(key) != job[key] for key in ("schedule", "timezone", "starts_at", "disabled")
+    )
+    committed(
+        "put_job",
+        {"job": job, "now": format_time(now), "next": next_run(job, now), "reset_schedule": reschedule},
+    )
+    stored = load_job(job["name"])
+    body = public(stored)
+    if "runoncreate" in request.args:
+        body.update(node.scheduler.run_now(stored))
+    location = f"/v1/jobs/{job['name']}"
+    return json_response(body, 201, headers={"Location": location})
+
+
+@bp.route("/v1/jobs", methods=["POST", "PATCH"])
+@store_errors
+def create_or_update_job() -> Response:
+    return _save_job(read_json())
+
+
+@bp.put("/v1/jobs/<job_name>")
+@store_errors
+def put_job(job_name: str) -> Response:
+    return _save_job(read_json(), job_name)
+
+
+@bp.get("/v1/jobs/<job_name>")
+@store_errors
+def get_job(job_name: str) -> Response:
+    return json_response(public(load_job(job_name)))
+
+
+@bp.delete("/v1/jobs/<job_name>")
+@store_errors
+def delete_job(job_name: str) -> Response:
+    job = load_job(job_name)
+    committed("delete_job", {"name": job_name})
+    return json_response(public(job))
+
+
+@bp.post("/v1/jobs/<job_name>")
+@bp.post("/v1/jobs/<job_name>/run")
+@store_errors
+def run_job(job_name: str) -> Response:
+    node = agent()
+    job = load_job(job_name)
+    if not node.is_leader:
+        raise ApiError("this server is not the leader; send the request to the leader", 503)
+    try:
+        started = node.scheduler.run_now(job)
+    except RunRefused as exc:
+        raise ApiError(str(exc), 409) from None
+    body = {**public(job), **started}
+    return json_response(body, 202, headers={"Location": f"/v1/jobs/{job_name}/executions/{started['execution_id']}"})
+
+
+@bp.post("/v1/jobs/<job_name>/toggle")
+@store_errors
+def toggle_job(job_name: str) -> Response:
+    job = load_job(job_name)
+    disabled = not job["disabled"]
+    now = datetime.now(UTC)
+    nxt = next_run({**job, "disabled": disabled}, now)
+    committed("set_disabled", {"name": job_name, "disabled": disabled, "now": format_time(now), "next": nxt})
+    return json_response(public(load_job(job_name)), headers={"Location": f"/v1/jobs/{job_name}"})
+
+
+def _restore_payload() -> Any:
+    upload = request.files.get("file")
+    if upload is not None:
+        try:
+            return json.loads(upload.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(f"the uploaded file is not valid JSON: {exc}") from None
+    if request.mimetype == "multipart/form-data":
+        raise ApiError("multipart upload must carry the backup in a form field named 'file'")
+    return read_json()
+
+
+@bp.post("/v1/restore")
+@store_errors
+def restore() -> Response:
+    """Restore Dkron's backup (the array from GET /v1/jobs): validate all, then write parents first."""
+    node = agent()
+    payload = _restore_payload()
+    if not isinstance(payload, list):
+        raise ApiError("a backup is a JSON array of jobs, as returned by GET /v1/jobs")
+    jobs: dict[str, dict[str, Any]] = {}
+    for index, item in enumerate(payload):
+        try:
+            job = validate_job(item, executors=node.plugins.executors, processors=node.plugins.processors)
+        except JobValidationError as exc:
+            raise ApiError(f"job #{index}: {exc}", 400, field=exc.field) from None
+        if job["name"] in jobs:
+            raise ApiError(f"job #{index}: {job['name']!r} appears twice in the backup")
+        jobs[job["name"]] = job
+    for job in jobs.values():
+        parent = job["parent_job"]
+        if parent and parent not in jobs and node.reader.get_job(parent) is None:
+            raise ApiError(f"job {job['name']!r}: parent job {parent!r} is neither in the backup nor stored")
+    order: list[str] = []
+    placed: set[str] = set()
+
+    def place(name: str, trail: tuple[str, ...] = ()) -> None:
+        if name in placed:
+            return
+        if name in trail:
+            raise ApiError(f"dependency cycle in the backup: {' -> '.join((*trail, name))}")
+        parent = jobs[name]["parent_job"]
+        if parent in jobs:
+            place(parent, (*trail, name))
+        placed.add(name)
+        order.append(name)
+
+    for name in jobs:
+        place(name)
+    now = datetime.now(UTC)
+    report = []
+    for name in order:
+        job = jobs[name]
+        committed(
+            "put_job",
+            {"job": job, "now": format_time(now), "next": next_run(job, now), "reset_schedule": True},
+        )
+        report.append({"name": name, "result": "restored"})
+    return json_response({"restored": len(report), "jobs": report})

@@ -1,0 +1,219 @@
+"""Agent configuration: Dkron's option names, from flags, ``DKRON_*`` env vars and ``dkron.yml``.
+
+Precedence is flag > environment > config file > default, as in Dkron. Every option has one
+definition here; the CLI builds its flags from this table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the CLI prints the message and exits non-zero."""
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str, option: str = "duration") -> float:
+    """Go-style durations (``1h30m``, ``45s``, ``500ms``) or plain seconds; returns seconds."""
+    value = str(text).strip()
+    if not value:
+        raise ConfigError(f"{option}: empty duration")
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(value):
+        if match.start() != pos:
+            break
+        number, unit = float(match.group(1)), match.group(2)
+        total += number * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit]
+        pos = match.end()
+    if pos != len(value) or pos == 0:
+        raise ConfigError(f"{option}: invalid duration {text!r} (examples: 30s, 5m, 1h30m)")
+    return total
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: str  # bool | int | str | list | duration | tags
+    default: Any
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("server", "bool", False, "run as a server (Raft member, scheduler, HTTP API and UI)"),
+    Option("bootstrap-expect", "int", 0, "number of servers to wait for before bootstrapping the cluster"),
+    Option("node-name", "str", "", "unique name of this node (default: the host name)"),
+    Option("data-dir", "str", "dkron.data", "directory for the Raft journal and the state database"),
+    Option("http-addr", "str", "127.0.0.1:8080", "address of the HTTP API and UI"),
+    Option("bind-addr", "str", "127.0.0.1", "address to bind gRPC and Raft to"),
+    Option("advertise-addr", "str", "", "address other nodes use to reach this one (default: bind-addr)"),
+    Option("rpc-port", "int", 6868, "gRPC port"),
+    Option("raft-port", "int", 6869, "Raft port (servers)"),
+    Option("join", "list", [], "address of a server to join at start (repeatable)"),
+    Option("retry-join", "list", [], "address of a server to join, retried until it answers (repeatable)"),
+    Option("tag", "tags", {}, "node tag key=value used to target jobs (repeatable)"),
+    Option("encrypt", "str", "", "cluster key from 'dkron keygen': encrypts and authenticates server traffic"),
+    Option("insecure-bind", "bool", False, "allow binding Raft/gRPC beyond loopback without --encrypt"),
+    Option("log-level", "str", "info", "debug, info, warn or error"),
+    Option("log-json", "bool", False, "write logs as JSON lines"),
+    Option("ui", "bool", True, "serve the web UI"),
+    Option("max-output-bytes", "int", 256_000, "output kept per execution (the tail)"),
+    Option("retention-count", "int", 100, "executions kept per job"),
+    Option("retention-age", "str", "", "drop executions older than this (e.g. 720h); empty = keep"),
+    Option(
+        "catchup-window",
+        "duration",
+        60.0,
+        "a tick missed by less than this runs once when scheduling resumes",
+    ),
+    Option("shutdown-timeout", "duration", 30.0, "on SIGTERM, let running executions finish this long"),
+    Option("max-concurrent-runs", "int", 64, "executions running at once on this node"),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+def env_name(option: str) -> str:
+    return "DKRON_" + option.upper().replace("-", "_")
+
+
+def _coerce(option: Option, value: Any, source: str) -> Any:
+    where = f"{option.name} (from {source})"
+    try:
+        if option.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        if option.kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if option.kind == "duration":
+            return parse_duration(value, where) if not isinstance(value, int | float) else float(value)
+        if option.kind == "list":
+            if isinstance(value, str):
+                return [item.strip() for item in value.split(",") if item.strip()]
+            return [str(item) for item in value]
+        if option.kind == "tags":
+            return _tags(value, where)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{where}: expected {option.kind}, got {value!r}") from None
+
+
+def _tags(value: Any, where: str) -> dict[str, str]:
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    items = value.split(",") if isinstance(value, str) else list(value)
+    tags = {}
+    for item in items:
+        key, sep, val = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: invalid tag {item!r}, expected key=value")
+        tags[key.strip()] = val.strip()
+    return tags
+
+
+def load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of option names to values")
+    if "tags" in data and "tag" not in data:
+        data["tag"] = data.pop("tags")
+    unknown = sorted(set(data) - set(OPTIONS_BY_NAME))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def resolve(flags: Mapping[str, Any], env: Mapping[str, str] | None = None, file: str | None = None) -> dict[str, Any]:
+    """Merge the sources; ``flags`` holds only options given on the command line."""
+    env = os.environ if env is None else env
+    path = file or env.get("DKRON_CONFIG")
+    if path is None:
+        for candidate in ("dkron.yml", "dkron.yaml", "/etc/dkron/dkron.yml"):
+            if os.path.exists(candidate):
+                path = candidate
+                break
+    from_file = load_file(path) if path else {}
+    config: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.name in flags:
+            config[option.name] = _coerce(option, flags[option.name], "flag")
+        elif env_name(option.name) in env:
+            config[option.name] = _coerce(option, env[env_name(option.name)], env_name(option.name))
+        elif option.name in from_file:
+            config[option.name] = _coerce(option, from_file[option.name], path or "file")
+        else:
+            config[option.name] = option.default
+    return validate(config)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_addr(addr: str, option: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{option}: expected host:port, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    if not config["node-name"]:
+        config["node-name"] = socket.gethostname()
+    if config["log-level"].lower() not in LOG_LEVELS:
+        raise ConfigError(f"log-level: must be one of debug, info, warn, error (got {config['log-level']!r})")
+    for name in ("rpc-port", "raft-port"):
+        if not 0 < config[name] < 65536:
+            raise ConfigError(f"{name}: must be a port number 1-65535")
+    if config["bootstrap-expect"] < 0:
+        raise ConfigError("bootstrap-expect: must be >= 0")
+    for name in ("max-output-bytes", "retention-count", "max-concurrent-runs"):
+        if config[name] < 1:
+            raise ConfigError(f"{name}: must be >= 1")
+    if config["retention-age"]:
+        config["retention-age-seconds"] = parse_duration(config["retention-age"], "retention-age")
+    else:
+        config["retention-age-seconds"] = 0.0
+    split_addr(config["http-addr"], "http-addr")
+    if not _is_loopback(config["bind-addr"]) and not config["encrypt"] and not config["insecure-bind"]:
+        raise ConfigError(
+            f"bind-addr {config['bind-addr']} is not a loopback address: cluster traffic would be "
+            "unauthenticated (anyone reaching the Raft port could run code). Set --encrypt with a key "
+            "from 'dkron keygen', or pass --insecure-bind to accept the risk."
+        )
+    return config

@@ -1,0 +1,246 @@
+"""Runs dispatched executions on this node, through the executor plugins.
+
+The runner is the agent side of a run: it refuses a run id it has already started, records the
+start, streams the executor's output into a capped tail buffer (visible live in ``/v1/busy``),
+applies the job's processors where the job ran, and records the result. An executor that
+raises is turned into a failed execution with the error in its output: a plugin bug never
+takes the agent down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dkron.contracts import (
+    CancelToken,
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutorRegistry,
+    ProcessorRegistry,
+)
+from dkron.jobs import format_time
+from dkron.ledger import RunLedger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSpec:
+    """One execution to start here, as decided (and committed) by the leader."""
+
+    job: dict[str, Any]
+    run_id: str
+    execution_id: str
+    node_name: str
+    kind: str = "scheduled"  # scheduled | manual | catchup
+    scheduled_ms: int = 0
+    attempt: int = 1
+    group: int = 0
+
+
+class TailBuffer:
+    """Keeps the last ``cap`` bytes of output and counts all of it. Thread-safe."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._data = bytearray()
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def write(self, chunk: bytes | str) -> None:
+        if isinstance(chunk, str):
+            chunk = chunk.encode("utf-8", "replace")
+        with self._lock:
+            self.total += len(chunk)
+            self._data += chunk
+            if len(self._data) > self.cap:
+                del self._data[: len(self._data) - self.cap]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self._data)
+
+    def text(self) -> str:
+        with self._lock:
+            return self._data.decode("utf-8", "replace")
+
+
+@dataclass
+class Running:
+    spec: RunSpec
+    started_at: str
+    output: TailBuffer
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+def _now() -> str:
+    return format_time(datetime.now(UTC)) or ""
+
+
+def _scheduled_iso(ms: int) -> str | None:
+    return format_time(datetime.fromtimestamp(ms / 1000, UTC)) if ms else None
+
+
+class Runner:
+    def __init__(
+        self,
+        node_name: str,
+        executors: ExecutorRegistry,
+        processors: ProcessorRegistry,
+        record: Callable[[dict[str, Any]], None],
+        *,
+        max_concurrent: int = 64,
+        max_output_bytes: int = 256_000,
+        ledger: RunLedger | None = None,
+    ) -> None:
+        self.node_name = node_name
+        self.executors = executors
+        self.processors = processors
+        self._record = record
+        self.max_output_bytes = max_output_bytes
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="run")
+        self._lock = threading.Lock()
+        self._running: dict[str, Running] = {}
+        # Run ids started here (kept across restarts): an agent never starts the same run
+        # twice, even if a new leader re-dispatches it.
+        self.ledger = ledger or RunLedger(None)
+        self._accepting = True
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def submit(self, spec: RunSpec) -> str:
+        """Start ``spec`` in the background. Returns "started", "duplicate" or "stopping"."""
+        with self._lock:
+            if not self._accepting:
+                return "stopping"
+            if not self.ledger.claim(f"{spec.run_id}#{spec.attempt}"):
+                return "duplicate"
+            running = Running(spec, _now(), TailBuffer(self.max_output_bytes))
+            self._running[spec.execution_id] = running
+        self._record(self._event(running, "running"))
+        self._pool.submit(self._run, running)
+        return "started"
+
+    def _event(self, running: Running, status: str, **extra: Any) -> dict[str, Any]:
+        spec = running.spec
+        return {
+            "id": spec.execution_id,
+            "job_name": spec.job["name"],
+            "run_id": spec.run_id,
+            "group": spec.group,
+            "attempt": spec.attempt,
+            "node_name": self.node_name,
+            "kind": spec.kind,
+            "scheduled_at": _scheduled_iso(spec.scheduled_ms),
+            "started_at": running.started_at,
+            "finished_at": None,
+            "status": status,
+            **extra,
+        }
+
+    def _run(self, running: Running) -> None:
+        spec = running.spec
+        job = spec.job
+        try:
+            result = self._execute(running)
+        except Exception as exc:  # the error boundary: a plugin bug fails the run, not the agent
+            log.exception("executor %s crashed running job %s", job.get("executor"), job["name"])
+            running.output.write(f"\nexecutor crashed: {traceback.format_exc(limit=5)}")
+            result = ExecutionResult(success=False, error=f"executor crashed: {exc}")
+        output = running.output.text()
+        if not result.success and result.error:
+            output = f"{result.error}\n{output}"  # Dkron prefixes the error (e.g. "exit status 1")
+        record = self._event(
+            running,
+            "success" if result.success else "failed",
+            finished_at=_now(),
+            success=result.success,
+            error=result.error,
+            exit_code=result.exit_code,
+            output=output,
+            output_truncated=running.output.truncated,
+            output_bytes=running.output.total,
+        )
+        record = self._process(job, record)
+        with self._lock:
+            self._running.pop(spec.execution_id, None)
+        self._record(record)
+
+    def _execute(self, running: Running) -> ExecutionResult:
+        spec = running.spec
+        job = spec.job
+        executor = self.executors.get(job["executor"])
+        if executor is None:
+            return ExecutionResult(
+                success=False, error=f"executor {job['executor']!r} is not installed on node {self.node_name}"
+            )
+        request = ExecutionRequest(
+            job_name=job["name"],
+            run_id=spec.run_id,
+            config=job.get("executor_config") or {},
+            attempt=spec.attempt,
+            execution_id=spec.execution_id,
+            node_name=self.node_name,
+            scheduled_at=_scheduled_iso(spec.scheduled_ms) or "",
+            metadata=job.get("metadata") or {},
+        )
+        return executor.execute(request, running.output, running.cancel)
+
+    def _process(self, job: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+        # Processors run here, where the job ran, in a stable (sorted) order; Dkron runs them
+        # on the leader in random map order.
+        for name, config in sorted((job.get("processors") or {}).items()):
+            processor = self.processors.get(name)
+            if processor is None:
+                log.warning("processor %s is not installed on %s; skipped", name, self.node_name)
+                continue
+            try:
+                record = processor.process(dict(record), config)
+            except Exception:
+                log.exception("processor %s failed for job %s; output kept as is", name, job["name"])
+        return record
+
+    # -- control -----------------------------------------------------------------------------
+    def kill(self, execution_id: str, reason: str = "killed by request") -> bool:
+        with self._lock:
+            running = self._running.get(execution_id)
+        if running is None:
+            return False
+        running.cancel.cancel(reason)
+        return True
+
+    def active(self) -> list[dict[str, Any]]:
+        with self._lock:
+            items = list(self._running.values())
+        return [self._event(r, "running", output=r.output.text()) for r in items]
+
+    def running_jobs(self) -> set[str]:
+        with self._lock:
+            return {r.spec.job["name"] for r in self._running.values()}
+
+    def is_running(self, execution_id: str) -> bool:
+        with self._lock:
+            return execution_id in self._running
+
+    def shutdown(self, grace: float) -> None:
+        """Stop accepting runs; let running ones finish for ``grace`` seconds, then cancel them."""
+        with self._lock:
+            self._accepting = False
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    break
+            time.sleep(0.05)
+        with self._lock:
+            leftovers = list(self._running.values())
+        for running in leftovers:
+            running.cancel.cancel("agent shutting down")
+        self._pool.shutdown(wait=True, cancel_futures=False)

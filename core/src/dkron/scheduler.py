@@ -1,0 +1,446 @@
+"""The leader's scheduler: plans launches ahead, commits them through Raft, dispatches on time.
+
+Following "Reliable Cron across the Planet", a launch is a committed record keyed by
+(job, scheduled time) *before* it is dispatched. The planner commits the launches due in the
+next ``lookahead`` seconds in one Raft command (so Raft latency is off the lateness path and
+1,000 launches cost one commit), and the dispatcher starts each at its second. The apply
+function admits only the first record for a key, so a tick is never launched twice.
+
+When a node gains leadership it reconciles: launches committed but never started are
+dispatched (or recorded as missed when too old), ticks that fell in a gap follow the catch-up
+policy (the latest missed tick runs once if it is within ``catchup_window``; the others are
+recorded as missed), and executions left "running" by a dead agent process are marked lost.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dkron.jobs import format_time, parse_time
+from dkron.runner import Runner, RunSpec
+from dkron.schedule import Schedule, ScheduleError, parse_schedule
+from dkron.store.queries import Reader
+from dkron.store.raft import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_MISSED_COUNTED = 10_000  # bound the catch-up walk for very frequent schedules
+LAUNCH_RETENTION_MS = 24 * 3600 * 1000
+
+
+class RunRefused(Exception):
+    """A manual run cannot start now (HTTP 409)."""
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def run_id_for(job: str, scheduled_ms: int) -> str:
+    """Deterministic: every leader derives the same id for the same tick (DKRON_RUN_ID)."""
+    return f"{job}@{scheduled_ms}"
+
+
+@dataclass
+class _Entry:
+    job: dict[str, Any]
+    schedule: Schedule
+    version: int
+    starts_ms: int | None
+    expires_ms: int | None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        reader: Reader,
+        write: Callable[[str, dict[str, Any]], Any],
+        runner: Runner,
+        record: Callable[[dict[str, Any]], None],
+        *,
+        node_name: str,
+        lookahead: float = 1.0,
+        catchup_window: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reader = reader
+        self.write = write
+        self.runner = runner
+        self.record = record
+        self.node_name = node_name
+        self.lookahead_ms = int(lookahead * 1000)
+        self.catchup_window_ms = int(catchup_window * 1000)
+        self.clock = clock
+        self._changes: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._leading = threading.Event()
+        self._stop = threading.Event()
+        self._jobs: dict[str, _Entry] = {}
+        self._versions = itertools.count(1)
+        self._plan: list[tuple[int, int, str, int]] = []  # (fire_ms, seq, job, version)
+        self._due: list[tuple[int, int, RunSpec]] = []  # committed, waiting for their second
+        self._due_lock = threading.Condition()
+        self._seq = itertools.count()
+        self.paused = False
+        self._threads = [
+            threading.Thread(target=self._planner, name="scheduler-plan", daemon=True),
+            threading.Thread(target=self._dispatcher, name="scheduler-dispatch", daemon=True),
+        ]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._leading.clear()
+        self._wake.set()
+        with self._due_lock:
+            self._due_lock.notify_all()
+        for thread in self._threads:
+            thread.join(5)
+
+    def set_leader(self, leading: bool) -> None:
+        """Called when Raft leadership changes (from the tick thread: must not block)."""
+        if leading:
+            self._leading.set()
+        else:
+            self._leading.clear()
+        self._wake.set()
+        with self._due_lock:
+            self._due_lock.notify_all()
+
+    def job_changed(self, name: str) -> None:
+        """Called after a job write is applied (tick thread: just queue it)."""
+        self._changes.put(name)
+        self._wake.set()
+
+    # -- planning ----------------------------------------------------------------------------
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _load(self, job: dict[str, Any]) -> _Entry | None:
+        if job.get("disabled") or job.get("parent_job") or not job.get("schedule"):
+            return None
+        try:
+            schedule = parse_schedule(job["schedule"], timezone=job.get("timezone", ""), job_name=job["name"])
+        except ScheduleError:
+            log.error("job %s has an unparseable schedule %r; not scheduled", job["name"], job["schedule"])
+            return None
+        starts = _ms(parse_time(job["starts_at"])) if job.get("starts_at") else None
+        expires = _ms(parse_time(job["expires_at"])) if job.get("expires_at") else None
+        return _Entry(job, schedule, next(self._versions), starts, expires)
+
+    def next_fire(self, entry: _Entry, after_ms: int) -> int | None:
+        """The job's next tick strictly after ``after_ms``, honouring starts_at / expires_at."""
+        after = after_ms
+        if entry.starts_ms is not None and after < entry.starts_ms:
+            after = entry.starts_ms - 1
+        nxt = entry.schedule.next_after(_dt(after))
+        if nxt is None:
+            return None
+        fire = _ms(nxt)
+        if entry.expires_ms is not None and fire > entry.expires_ms:
+            return None
+        return fire
+
+    def _push(self, entry: _Entry, fire: int | None) -> None:
+        if fire is not None:
+            heapq.heappush(self._plan, (fire, next(self._seq), entry.job["name"], entry.version))
+
+    def _reload(self, name: str, now_ms: int) -> None:
+        job = self.reader.get_job(name)
+        entry = self._load(job) if job else None
+        if entry is None:
+            self._jobs.pop(name, None)
+            return
+        self._jobs[name] = entry
+        last = job.get("_last_scheduled_ms") or 0
+        self._push(entry, self.next_fire(entry, max(now_ms, last)))
+
+    def _become_leader(self) -> None:
+        """Rebuild the plan from the store and reconcile what the previous leader left."""
+        self._plan.clear()
+        self._jobs.clear()
+        while not self._changes.empty():
+            self._changes.get_nowait()
+        now = self._now_ms()
+        self._reconcile_running()
+        adopted = self._reconcile_launches(now)
+        catchups, missed = [], []
+        for job in self.reader.schedulable_jobs():
+            entry = self._load(job)
+            if entry is None:
+                continue
+            self._jobs[job["name"]] = entry
+            last = job.get("_last_scheduled_ms")
+            # Ticks after the last one committed and up to now fell in a gap (restart, failover).
+            fire = self.next_fire(entry, last or now)
+            gap: list[int] = []
+            while fire is not None and fire <= now and len(gap) < MAX_MISSED_COUNTED:
+                gap.append(fire)
+                fire = self.next_fire(entry, fire)
+            if gap:
+                latest = gap[-1]
+                if now - latest <= self.catchup_window_ms and (job["name"], latest) not in adopted:
+                    catchups.append(self._launch(entry, latest, "catchup"))
+                    gap = gap[:-1]
+                if gap:
+                    missed.append(self._missed(job["name"], gap, now))
+            self._push(entry, fire)
+        if missed:
+            for event in missed:
+                self.record(event)
+        if catchups:
+            self._commit(catchups, now)
+        log.info(
+            "scheduler active: %d jobs, %d catch-up runs, %d jobs with missed ticks",
+            len(self._jobs),
+            len(catchups),
+            len(missed),
+        )
+
+    def _reconcile_running(self) -> None:
+        for ex in self.reader.running_executions():
+            if ex["node_name"] == self.node_name and not self.runner.is_running(ex["id"]):
+                self.record(self._lost(ex, "the agent stopped while this ran; outcome unknown"))
+
+    def _reconcile_launches(self, now: int) -> set[tuple[str, int]]:
+        """Adopt committed launches that never started; returns their (job, tick) keys."""
+        adopted = set()
+        for launch in self.reader.launches_since(now - self.catchup_window_ms):
+            if self.reader.has_run(launch["run_id"]):
+                continue
+            job = self.reader.get_job(launch["job"])
+            if job is None:
+                continue
+            spec = self._spec(job, launch)
+            adopted.add((launch["job"], launch["scheduled_ms"]))
+            self._queue(spec, max(launch["scheduled_ms"], now))
+        return adopted
+
+    def _spec(self, job: dict[str, Any], launch: dict[str, Any]) -> RunSpec:
+        return RunSpec(
+            job=job,
+            run_id=launch["run_id"],
+            execution_id=launch["execution_id"],
+            node_name=launch["node"],
+            kind=launch["kind"],
+            scheduled_ms=launch["scheduled_ms"],
+            group=launch["scheduled_ms"] * 1_000_000,
+        )
+
+    def _launch(self, entry: _Entry, fire: int, kind: str = "scheduled") -> dict[str, Any]:
+        name = entry.job["name"]
+        return {
+            "job": name,
+            "scheduled_ms": fire,
+            "kind": kind,
+            "node": self.node_name,
+            "run_id": run_id_for(name, fire),
+            "execution_id": f"{fire * 1_000_000}-{self.node_name}",
+        }
+
+    def _missed(self, job: str, ticks: list[int], now: int) -> dict[str, Any]:
+        first, last = format_time(_dt(ticks[0])), format_time(_dt(ticks[-1]))
+        return {
+            "id": f"{ticks[-1] * 1_000_000}-missed",
+            "job_name": job,
+            "run_id": run_id_for(job, ticks[-1]),
+            "status": "missed",
+            "missed": len(ticks),
+            "kind": "scheduled",
+            "node_name": self.node_name,
+            "scheduled_at": last,
+            "started_at": format_time(_dt(now)),
+            "finished_at": format_time(_dt(now)),
+            "error": f"{len(ticks)} tick(s) from {first} to {last} missed while no leader was scheduling",
+        }
+
+    def _lost(self, ex: dict[str, Any], reason: str) -> dict[str, Any]:
+        return {
+            **ex,
+            "status": "lost",
+            "success": False,
+            "finished_at": format_time(_dt(self._now_ms())),
+            "error": reason,
+            "output": f"{reason}\n{ex.get('output') or ''}",
+        }
+
+    def _commit(self, launches: list[dict[str, Any]], now: int) -> None:
+        """Commit launch intents (retrying with the same proposal id) and queue the accepted."""
+        schedule_state: dict[str, dict[str, Any]] = {}
+        for launch in launches:
+            entry = self._jobs.get(launch["job"])
+            if entry is None or launch["kind"] == "manual":
+                continue
+            nxt = self.next_fire(entry, launch["scheduled_ms"])
+            state = schedule_state.setdefault(launch["job"], {"last_scheduled_ms": 0})
+            state["last_scheduled_ms"] = max(state["last_scheduled_ms"], launch["scheduled_ms"])
+            state["next"] = format_time(_dt(nxt)) if nxt else None
+        payload = {
+            "launches": launches,
+            "proposal": uuid.uuid4().hex,
+            "now_ms": now,
+            "schedule_state": schedule_state,
+            "prune_before_ms": now - LAUNCH_RETENTION_MS,
+        }
+        deadline = time.monotonic() + 10
+        while True:
+            if not self._leading.is_set():
+                return  # a new leader adopts whatever committed
+            try:
+                result = self.write("launch", payload)
+                break
+            except StoreUnavailable as exc:
+                if time.monotonic() > deadline:
+                    log.error("could not commit %d launches: %s", len(launches), exc)
+                    return
+                time.sleep(0.05)
+        accepted = set(result.get("accepted", ())) if isinstance(result, dict) else set()
+        for launch in launches:
+            if launch["run_id"] in accepted:
+                entry = self._jobs.get(launch["job"])
+                job = entry.job if entry else self.reader.get_job(launch["job"])
+                if job is not None:
+                    self._queue(self._spec(job, launch), launch["scheduled_ms"])
+
+    def _planner(self) -> None:
+        while not self._stop.is_set():
+            if not self._leading.wait(0.5):
+                continue
+            try:
+                self._become_leader()
+                while self._leading.is_set() and not self._stop.is_set():
+                    self._plan_once()
+            except Exception:
+                log.exception("scheduler planning failed; restarting it")
+                time.sleep(0.5)
+
+    def _plan_once(self) -> None:
+        now = self._now_ms()
+        while True:
+            try:
+                name = self._changes.get_nowait()
+            except queue.Empty:
+                break
+            self._reload(name, now)
+        horizon = now + self.lookahead_ms
+        launches = []
+        while self._plan and self._plan[0][0] <= horizon and len(launches) < 10_000:
+            fire, _, name, version = heapq.heappop(self._plan)
+            entry = self._jobs.get(name)
+            if entry is None or entry.version != version:
+                continue  # the job changed or was removed since this was planned
+            if not self.paused:
+                launches.append(self._launch(entry, fire))
+            self._push(entry, self.next_fire(entry, fire))
+        if launches:
+            self._commit(launches, now)
+            return
+        wait = (self._plan[0][0] - self.lookahead_ms - self._now_ms()) / 1000 if self._plan else 1.0
+        self._wake.wait(max(0.0, min(wait, 1.0)))
+        self._wake.clear()
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _queue(self, spec: RunSpec, at_ms: int) -> None:
+        with self._due_lock:
+            heapq.heappush(self._due, (at_ms, next(self._seq), spec))
+            self._due_lock.notify()
+
+    def _dispatcher(self) -> None:
+        while not self._stop.is_set():
+            with self._due_lock:
+                if not self._due:
+                    self._due_lock.wait(0.5)
+                    continue
+                if not self._leading.is_set():
+                    self._due.clear()  # a former leader never dispatches; the new one adopts
+                    continue
+                wait = (self._due[0][0] - self.clock() * 1000) / 1000
+                if wait > 0:
+                    self._due_lock.wait(min(wait, 0.5))
+                    continue
+                _, _, spec = heapq.heappop(self._due)
+            self._dispatch(spec)
+
+    def _dispatch(self, spec: RunSpec) -> None:
+        name = spec.job["name"]
+        current = self._jobs.get(name)
+        if spec.kind != "manual":
+            if current is None:
+                return  # deleted or disabled after planning
+            spec.job = current.job
+        if spec.job.get("concurrency") == "forbid" and name in self.runner.running_jobs():
+            self.record(
+                {
+                    "id": spec.execution_id,
+                    "job_name": name,
+                    "run_id": spec.run_id,
+                    "status": "skipped",
+                    "kind": spec.kind,
+                    "node_name": spec.node_name,
+                    "scheduled_at": format_time(_dt(spec.scheduled_ms)),
+                    "started_at": format_time(_dt(self._now_ms())),
+                    "finished_at": format_time(_dt(self._now_ms())),
+                    "error": "skipped: the previous run is still running (concurrency: forbid)",
+                }
+            )
+            return
+        outcome = self.runner.submit(spec)
+        if outcome == "duplicate" and not self.reader.has_run(spec.run_id):
+            self.record(
+                self._lost(
+                    {
+                        "id": spec.execution_id,
+                        "job_name": name,
+                        "run_id": spec.run_id,
+                        "kind": spec.kind,
+                        "node_name": spec.node_name,
+                        "scheduled_at": format_time(_dt(spec.scheduled_ms)),
+                        "started_at": None,
+                        "attempt": spec.attempt,
+                        "group": spec.group,
+                    },
+                    "the run had started before the agent restarted; outcome unknown",
+                )
+            )
+
+    # -- manual runs -------------------------------------------------------------------------
+    def run_now(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Commit a manual launch and dispatch it at once; returns its execution id and run id."""
+        name = job["name"]
+        if job.get("concurrency") == "forbid" and name in self.runner.running_jobs():
+            raise RunRefused(f"job {name} is already running and its concurrency policy is forbid")
+        now = self._now_ms()
+        suffix = uuid.uuid4().hex[:6]
+        launch = {
+            "job": name,
+            "scheduled_ms": now,
+            "kind": "manual",
+            "node": self.node_name,
+            "run_id": f"{name}@manual-{now}-{suffix}",
+            "execution_id": f"{now * 1_000_000}-{self.node_name}",
+        }
+        result = self.write("launch", {"launches": [launch], "proposal": suffix, "now_ms": now})
+        if launch["run_id"] not in (result or {}).get("accepted", ()):
+            raise RunRefused(f"job {name} could not be launched (deleted meanwhile?)")
+        spec = self._spec(job, launch)
+        spec.scheduled_ms = 0  # manual: no scheduled time
+        self._queue(spec, now)
+        return {"execution_id": launch["execution_id"], "run_id": launch["run_id"]}

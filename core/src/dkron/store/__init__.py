@@ -1,0 +1,1 @@
+"""Replicated store: SQLite state machine behind pysyncobj Raft."""
