@@ -52,6 +52,9 @@ def get_execution(job_name: str, execution_id: str) -> Response:
     load_job(job_name)
     execution = agent().reader.get_execution(job_name, execution_id)
     if execution is None:
+        # Just started: its record may not be committed yet, but the runner already has it.
+        execution = next((e for e in agent().runner.active() if e["id"] == execution_id), None)
+    if execution is None:
         raise ApiError(f"execution not found: {execution_id} of job {job_name}", 404)
     return json_response(_with_live_output(execution))
 
