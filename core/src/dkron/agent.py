@@ -72,8 +72,12 @@ class Agent:
         self.scheduler.start()
         self.recorder.start()
         raft_addr = f"{self.config['advertise-addr'] or self.config['bind-addr']}:{self.config['raft-port']}"
+        raft_config = RaftConfig(data_dir=self.data_dir, self_addr=raft_addr, password=self.config["encrypt"] or None)
+        # Tests and chaos runs force frequent log compaction to exercise crash-during-snapshot.
+        if os.environ.get("DKRON_RAFT_COMPACTION_ENTRIES"):
+            raft_config.compaction_min_entries = int(os.environ["DKRON_RAFT_COMPACTION_ENTRIES"])
         self.raft = RaftNode(
-            RaftConfig(data_dir=self.data_dir, self_addr=raft_addr, password=self.config["encrypt"] or None),
+            raft_config,
             self.state,
             on_state_change=self.scheduler.set_leader,
         )

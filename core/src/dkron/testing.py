@@ -48,9 +48,16 @@ class HttpResult:
 class AgentProcess:
     """A ``dkron agent --server`` subprocess with an HTTP client bound to it."""
 
-    def __init__(self, data_dir: Path, *, node_name: str = "node1", extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, http_port: int | None = None,
-                 raft_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        node_name: str = "node1",
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        http_port: int | None = None,
+        raft_port: int | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.node_name = node_name
         self.http_port = http_port or free_port()
@@ -65,10 +72,26 @@ class AgentProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, wait: float = 30.0) -> AgentProcess:
-        args = [sys.executable, "-m", "dkron.cli", "agent", "--server", "--bootstrap-expect", "1",
-                "--data-dir", str(self.data_dir), "--node-name", self.node_name,
-                "--http-addr", f"127.0.0.1:{self.http_port}", "--raft-port", str(self.raft_port),
-                "--rpc-port", str(free_port()), *self.extra_args]
+        args = [
+            sys.executable,
+            "-m",
+            "dkron.cli",
+            "agent",
+            "--server",
+            "--bootstrap-expect",
+            "1",
+            "--data-dir",
+            str(self.data_dir),
+            "--node-name",
+            self.node_name,
+            "--http-addr",
+            f"127.0.0.1:{self.http_port}",
+            "--raft-port",
+            str(self.raft_port),
+            "--rpc-port",
+            str(free_port()),
+            *self.extra_args,
+        ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
@@ -94,8 +117,16 @@ class AgentProcess:
         except OSError:
             return ""
 
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 10) -> HttpResult:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10,
+    ) -> HttpResult:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         if data is not None and "Content-Type" not in (headers or {}):
