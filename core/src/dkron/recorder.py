@@ -8,6 +8,7 @@ so a leader change delays history but does not lose it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -36,7 +37,9 @@ class Recorder:
         self.keep_seconds = keep_seconds
         self._interval = flush_interval
         self._max_batch = max_batch
-        self._pending: list[dict[str, Any]] = []
+        # Keyed by execution: a short run's "running" and final events usually meet in one
+        # batch, and only the latest needs writing (half the Raft payload at high launch rates).
+        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._inflight = 0
@@ -47,7 +50,7 @@ class Recorder:
 
     def add(self, event: dict[str, Any]) -> None:
         with self._cond:
-            self._pending.append(event)
+            self._pending[(event["job_name"], event["id"])] = event
             if len(self._pending) >= self._max_batch:
                 self._cond.notify()
 
@@ -70,8 +73,8 @@ class Recorder:
                     if self._stopping:
                         return
                     continue
-                batch = self._pending[: self._max_batch]
-                del self._pending[: len(batch)]
+                keys = list(itertools.islice(self._pending, self._max_batch))
+                batch = [self._pending.pop(key) for key in keys]
                 self._inflight = len(batch)
             self._commit(batch)
             with self._cond:
