@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -142,8 +143,18 @@ class RaftNode(SyncObj):
             dynamicMembershipChange=True,
             commandsWaitLeader=True,
             onStateChanged=self._state_changed,
+            # The library retries a taken port forever (a silent hang); give a restart ~10 s
+            # for a port still held by a dying predecessor, then fail loudly.
+            bindRetryTime=1.0,
+            maxBindRetries=10,
         )
         super().__init__(config.self_addr, list(config.partners), conf)
+        deadline = time.monotonic() + conf.bindRetryTime * (conf.maxBindRetries + 1)
+        while not self._SyncObj__transport.ready and self.tick_thread_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self._SyncObj__transport.ready:
+            self.destroy()
+            raise RuntimeError(f"cannot bind the Raft port {config.self_addr}: address in use or not local")
 
     # -- snapshot marker -----------------------------------------------------------------------
     def _write_marker(self, filename: str, data: tuple[Any, Any, Any]) -> None:
