@@ -30,11 +30,12 @@ class Agent:
         self.config = config
         self.node_name: str = config["node-name"]
         self.started_at = time.time()
-        self.plugins = plugins or load_plugins()
+        self.plugins = plugins or load_plugins(config)
         self.data_dir = os.path.abspath(config["data-dir"])
         self.raft: RaftNode | None = None
         self.http_server: Any = None
         self._stopped = threading.Event()
+        self._done = threading.Event()
         self._paused_submissions = False
 
     # -- start -------------------------------------------------------------------------------
@@ -69,6 +70,8 @@ class Agent:
             catchup_window=self.config["catchup-window"],
         )
         self.state.listeners.append(self._on_applied)
+        # Before Raft starts: a paused cluster must not run catch-ups when it comes back.
+        self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
         self.scheduler.start()
         self.recorder.start()
         raft_addr = f"{self.config['advertise-addr'] or self.config['bind-addr']}:{self.config['raft-port']}"
@@ -81,7 +84,6 @@ class Agent:
             self.state,
             on_state_change=self.scheduler.set_leader,
         )
-        self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
         self._start_http()
         log.info(
             "dkron %s node %s serving HTTP on %s (raft %s)",
@@ -184,6 +186,8 @@ class Agent:
             self.raft.destroy_synchronous()  # flushes the journal before the process exits
         self.runner.ledger.close()
         log.info("stopped")
+        self._done.set()
 
     def wait(self) -> None:
-        self._stopped.wait()
+        """Block until :meth:`stop` has finished (records committed, Raft flushed)."""
+        self._done.wait()

@@ -11,6 +11,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,6 +117,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent.wait()
+    # Agent.wait() returns as soon as a stop *begins* (signal or POST /v1/leave). pysyncobj's tick
+    # thread ends with the thread that built the node (this one), and the stop still commits the
+    # final execution records through Raft: stay until the stop has destroyed the node.
+    while agent.raft is not None and agent.raft.tick_thread_alive():
+        time.sleep(0.05)
     return 0
 
 

@@ -7,6 +7,7 @@ definition here; the CLI builds its flags from this table, so they cannot drift 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -30,9 +31,13 @@ def parse_duration(text: str, option: str = "duration") -> float:
     if not value:
         raise ConfigError(f"{option}: empty duration")
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ConfigError(f"{option}: invalid duration {text!r} (must be a finite number of seconds >= 0)")
+        return seconds
     pos, total = 0, 0.0
     for match in _DURATION.finditer(value):
         if match.start() != pos:
@@ -104,17 +109,21 @@ def _coerce(option: Option, value: Any, source: str) -> Any:
                 return False
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         if option.kind == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if option.kind == "duration":
-            return parse_duration(value, where) if not isinstance(value, int | float) else float(value)
+            if isinstance(value, bool):
+                raise ValueError
+            return parse_duration(str(value) if isinstance(value, int | float) else value, where)
         if option.kind == "list":
             if isinstance(value, str):
                 return [item.strip() for item in value.split(",") if item.strip()]
             return [str(item) for item in value]
         if option.kind == "tags":
             return _tags(value, where)
+        if isinstance(value, list | dict):
+            raise ValueError
         return str(value)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
@@ -141,13 +150,14 @@ def load_file(path: str) -> dict[str, Any]:
             data = yaml.safe_load(f) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())  # PyYAML's messages span lines; the CLI prints one
+        raise ConfigError(f"config file {path} is not valid YAML: {detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of option names to values")
     if "tags" in data and "tag" not in data:
         data["tag"] = data.pop("tags")
-    unknown = sorted(set(data) - set(OPTIONS_BY_NAME))
+    unknown = sorted(str(key) for key in data if key not in OPTIONS_BY_NAME)
     if unknown:
         raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
     return data
@@ -169,7 +179,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str] | None = None, file
             config[option.name] = _coerce(option, flags[option.name], "flag")
         elif env_name(option.name) in env:
             config[option.name] = _coerce(option, env[env_name(option.name)], env_name(option.name))
-        elif option.name in from_file:
+        elif from_file.get(option.name) is not None:  # "key:" with no value in YAML is unset
             config[option.name] = _coerce(option, from_file[option.name], path or "file")
         else:
             config[option.name] = option.default

@@ -136,9 +136,12 @@ class _Registry:
     kind = "plugin"
     protocol: type = object
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self._items: dict[str, Any] = {}
         self._owners: dict[str, str] = {}
+        #: The agent's configuration (option name -> value, e.g. ``settings["mail-host"]``), for
+        #: plugins that need agent-wide settings such as SMTP. Empty outside an agent.
+        self.settings: Mapping[str, Any] = dict(settings or {})
         #: Set by the plugin manager while a given plugin's hook runs, for attribution.
         self.current_plugin: str = ""
 

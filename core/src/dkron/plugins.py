@@ -77,12 +77,12 @@ def _short_error(exc: BaseException) -> str:
 class PluginHost:
     """Loads plugins and builds the executor and processor registries from them."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.pm = _Manager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        self.executors = ExecutorRegistry()
-        self.processors = ProcessorRegistry()
+        self.executors = ExecutorRegistry(settings)
+        self.processors = ProcessorRegistry(settings)
         if os.environ.get("DKRON_TRACE_PLUGINS") == "1":
             self.pm.trace.root.setwriter(log.info)
             self.pm.enable_tracing()
@@ -164,9 +164,9 @@ class PluginHost:
         return [info.as_dict() for _, info in sorted(self.infos.items())]
 
 
-def load_plugins() -> PluginHost:
+def load_plugins(settings: dict[str, Any] | None = None) -> PluginHost:
     """Load every installed plugin and build the registries (what the agent does at start)."""
-    host = PluginHost()
+    host = PluginHost(settings)
     host.load_entry_points()
     host.build_registries()
     return host

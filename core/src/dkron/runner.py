@@ -73,11 +73,15 @@ class TailBuffer:
             return self._data.decode("utf-8", "replace")
 
 
+Report = Callable[[dict[str, Any]], None]
+
+
 @dataclass
 class Running:
     spec: RunSpec
     started_at: str
     output: TailBuffer
+    report: Report
     cancel: CancelToken = field(default_factory=CancelToken)
 
 
@@ -108,23 +112,28 @@ class Runner:
         self.max_output_bytes = max_output_bytes
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="run")
         self._lock = threading.Lock()
-        self._running: dict[str, Running] = {}
+        # Keyed by (job, execution id): execution ids are unique per job only (as in Dkron).
+        self._running: dict[tuple[str, str], Running] = {}
         # Run ids started here (kept across restarts): an agent never starts the same run
         # twice, even if a new leader re-dispatches it.
         self.ledger = ledger or RunLedger(None)
         self._accepting = True
 
     # -- dispatch ----------------------------------------------------------------------------
-    def submit(self, spec: RunSpec) -> str:
-        """Start ``spec`` in the background. Returns "started", "duplicate" or "stopping"."""
+    def submit(self, spec: RunSpec, report: Report | None = None) -> str:
+        """Start ``spec`` in the background. Returns "started", "duplicate" or "stopping".
+
+        ``report`` receives the execution's records (running, then final); by default they go to
+        the local recorder. A run dispatched by a remote leader reports over its gRPC stream.
+        """
         with self._lock:
             if not self._accepting:
                 return "stopping"
             if not self.ledger.claim(f"{spec.run_id}#{spec.attempt}"):
                 return "duplicate"
-            running = Running(spec, _now(), TailBuffer(self.max_output_bytes))
-            self._running[spec.execution_id] = running
-        self._record(self._event(running, "running"))
+            running = Running(spec, _now(), TailBuffer(self.max_output_bytes), report or self._record)
+            self._running[(spec.job["name"], spec.execution_id)] = running
+        running.report(self._event(running, "running"))
         self._pool.submit(self._run, running)
         return "started"
 
@@ -155,7 +164,7 @@ class Runner:
             running.output.write(f"\nexecutor crashed: {traceback.format_exc(limit=5)}")
             result = ExecutionResult(success=False, error=f"executor crashed: {exc}")
         output = running.output.text()
-        if not result.success and result.error:
+        if not result.success and result.error and result.error not in output:
             output = f"{result.error}\n{output}"  # Dkron prefixes the error (e.g. "exit status 1")
         record = self._event(
             running,
@@ -170,8 +179,8 @@ class Runner:
         )
         record = self._process(job, record)
         with self._lock:
-            self._running.pop(spec.execution_id, None)
-        self._record(record)
+            self._running.pop((spec.job["name"], spec.execution_id), None)
+        running.report(record)
 
     def _execute(self, running: Running) -> ExecutionResult:
         spec = running.spec
@@ -208,9 +217,9 @@ class Runner:
         return record
 
     # -- control -----------------------------------------------------------------------------
-    def kill(self, execution_id: str, reason: str = "killed by request") -> bool:
+    def kill(self, job: str, execution_id: str, reason: str = "killed by request") -> bool:
         with self._lock:
-            running = self._running.get(execution_id)
+            running = self._running.get((job, execution_id))
         if running is None:
             return False
         running.cancel.cancel(reason)
@@ -221,13 +230,18 @@ class Runner:
             items = list(self._running.values())
         return [self._event(r, "running", output=r.output.text()) for r in items]
 
+    def output_of(self, job: str, execution_id: str) -> TailBuffer | None:
+        with self._lock:
+            running = self._running.get((job, execution_id))
+        return running.output if running else None
+
     def running_jobs(self) -> set[str]:
         with self._lock:
             return {r.spec.job["name"] for r in self._running.values()}
 
-    def is_running(self, execution_id: str) -> bool:
+    def is_running(self, job: str, execution_id: str) -> bool:
         with self._lock:
-            return execution_id in self._running
+            return (job, execution_id) in self._running
 
     def shutdown(self, grace: float) -> None:
         """Stop accepting runs; let running ones finish for ``grace`` seconds, then cancel them."""

@@ -195,6 +195,8 @@ class Scheduler:
             while fire is not None and fire <= now and len(gap) < MAX_MISSED_COUNTED:
                 gap.append(fire)
                 fire = self.next_fire(entry, fire)
+            if gap and self.paused:
+                gap = []  # ticks skipped on purpose while scheduling is paused: neither run nor missed
             if gap:
                 latest = gap[-1]
                 if now - latest <= self.catchup_window_ms and (job["name"], latest) not in adopted:
@@ -217,15 +219,13 @@ class Scheduler:
 
     def _reconcile_running(self) -> None:
         for ex in self.reader.running_executions():
-            if ex["node_name"] == self.node_name and not self.runner.is_running(ex["id"]):
+            if ex["node_name"] == self.node_name and not self.runner.is_running(ex["job_name"], ex["id"]):
                 self.record(self._lost(ex, "the agent stopped while this ran; outcome unknown"))
 
     def _reconcile_launches(self, now: int) -> set[tuple[str, int]]:
         """Adopt committed launches that never started; returns their (job, tick) keys."""
         adopted = set()
-        for launch in self.reader.launches_since(now - self.catchup_window_ms):
-            if self.reader.has_run(launch["run_id"]):
-                continue
+        for launch in self.reader.unstarted_launches_since(now - self.catchup_window_ms):
             job = self.reader.get_job(launch["job"])
             if job is None:
                 continue
@@ -270,6 +270,21 @@ class Scheduler:
             "started_at": format_time(_dt(now)),
             "finished_at": format_time(_dt(now)),
             "error": f"{len(ticks)} tick(s) from {first} to {last} missed while no leader was scheduling",
+        }
+
+    def _skipped(self, spec: RunSpec, reason: str) -> dict[str, Any]:
+        now = format_time(_dt(self._now_ms()))
+        return {
+            "id": spec.execution_id,
+            "job_name": spec.job["name"],
+            "run_id": spec.run_id,
+            "status": "skipped",
+            "kind": spec.kind,
+            "node_name": spec.node_name,
+            "scheduled_at": format_time(_dt(spec.scheduled_ms)),
+            "started_at": now,
+            "finished_at": now,
+            "error": reason,
         }
 
     def _lost(self, ex: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -386,24 +401,14 @@ class Scheduler:
             if current is None:
                 return  # deleted or disabled after planning
             spec.job = current.job
+        if self.paused and spec.kind != "manual":
+            self.record(self._skipped(spec, "skipped: scheduling is paused (POST /v1/unpause?scheduling=true)"))
+            return
         if spec.job.get("concurrency") == "forbid" and name in self.runner.running_jobs():
-            self.record(
-                {
-                    "id": spec.execution_id,
-                    "job_name": name,
-                    "run_id": spec.run_id,
-                    "status": "skipped",
-                    "kind": spec.kind,
-                    "node_name": spec.node_name,
-                    "scheduled_at": format_time(_dt(spec.scheduled_ms)),
-                    "started_at": format_time(_dt(self._now_ms())),
-                    "finished_at": format_time(_dt(self._now_ms())),
-                    "error": "skipped: the previous run is still running (concurrency: forbid)",
-                }
-            )
+            self.record(self._skipped(spec, "skipped: the previous run is still running (concurrency: forbid)"))
             return
         outcome = self.runner.submit(spec)
-        if outcome == "duplicate" and not self.reader.has_run(spec.run_id):
+        if outcome == "duplicate" and not self.reader.launch_started(spec.run_id):
             self.record(
                 self._lost(
                     {

@@ -5,6 +5,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+
 from dkron.contracts import CancelToken, ExecutionRequest, ExecutionResult
 from dkron_executor_shell import ShellExecutor
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from dkron.contracts import CancelToken, ConfigError, ExecutionRequest
 from dkron_executor_shell import ShellExecutor
 from dkron_executor_shell.config import parse_duration, parse_env, parse_mem_limit

@@ -12,6 +12,7 @@ from typing import Any
 
 import psutil
 import pytest
+
 from dkron.contracts import CancelToken
 
 #: The ``run`` fixture from conftest.py: run(config, cancel=None, **request) -> (result, sink).

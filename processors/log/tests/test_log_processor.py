@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+
 from dkron.contracts import ConfigError
 from dkron_processor_log import LogProcessor
 

@@ -62,7 +62,10 @@ def create_app(node: Agent) -> Flask:
             405: f"method {request.method} is not allowed on {request.path}",
             413: f"request body too large (limit {MAX_BODY_BYTES} bytes)",
         }
-        return json_response({"error": messages.get(exc.code or 500, exc.description)}, exc.code or 500)
+        response = json_response({"error": messages.get(exc.code or 500, exc.description)}, exc.code or 500)
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # required on a 405 (RFC 9110)
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

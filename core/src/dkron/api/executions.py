@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from dkron.api.app import ApiError, agent, json_response
-from dkron.api.jobs import _parse_int, committed, load_job, public, store_errors
+from dkron.api.jobs import _parse_int, _parse_order, committed, load_job, public, store_errors
 
 bp = Blueprint("executions", __name__)
 
@@ -30,7 +30,7 @@ def list_executions(job_name: str) -> Response:
     rows, total = agent().reader.list_executions(
         job_name,
         sort=request.args.get("_sort", "id") or "id",
-        order=request.args.get("_order", "DESC"),
+        order=_parse_order("DESC"),
         start=_parse_int("_start", 0) or 0,
         end=_parse_int("_end", None),
         output_size_limit=limit,
@@ -53,7 +53,9 @@ def get_execution(job_name: str, execution_id: str) -> Response:
     execution = agent().reader.get_execution(job_name, execution_id)
     if execution is None:
         # Just started: its record may not be committed yet, but the runner already has it.
-        execution = next((e for e in agent().runner.active() if e["id"] == execution_id), None)
+        execution = next(
+            (e for e in agent().runner.active() if e["id"] == execution_id and e["job_name"] == job_name), None
+        )
     if execution is None:
         raise ApiError(f"execution not found: {execution_id} of job {job_name}", 404)
     return json_response(_with_live_output(execution))
@@ -63,6 +65,7 @@ def get_execution(job_name: str, execution_id: str) -> Response:
 @store_errors
 def kill_execution(job_name: str, execution_id: str) -> Response:
     load_job(job_name)
-    if not agent().runner.kill(execution_id, "killed through the API"):
+    running = any(e["id"] == execution_id and e["job_name"] == job_name for e in agent().runner.active())
+    if not running or not agent().runner.kill(job_name, execution_id, "killed through the API"):
         raise ApiError(f"execution {execution_id} of job {job_name} is not running", 404)
     return json_response({"killed": True, "id": execution_id, "job_name": job_name}, 202)

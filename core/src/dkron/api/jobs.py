@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -18,6 +20,7 @@ from dkron.store.queries import JobQuery, QueryError
 from dkron.store.raft import StoreUnavailable
 
 bp = Blueprint("jobs", __name__)
+MAX_QUERY_INT = 2**63 - 1
 
 
 def public(job: dict[str, Any]) -> dict[str, Any]:
@@ -72,10 +75,22 @@ def _parse_int(name: str, default: int | None) -> int | None:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(f"{name} must be a whole number, got {raw!r}") from None
+    if not re.fullmatch(r"-?[0-9]+", raw):
+        raise ApiError(f"{name} must be a whole number, got {raw[:30]!r}")
+    value = int(raw) if len(raw) <= 20 else MAX_QUERY_INT + 1
+    if abs(value) > MAX_QUERY_INT:  # SQLite integers are 64-bit: larger would be a 500
+        shown = raw if len(raw) <= 30 else raw[:30] + "..."
+        raise ApiError(f"{name} must be at most {MAX_QUERY_INT} in absolute value, got {shown}")
+    return value
+
+
+def _parse_order(default: str) -> str:
+    raw = request.args.get("_order")
+    if raw is None or raw == "":
+        return default
+    if raw.upper() not in ("ASC", "DESC"):
+        raise ApiError(f"_order must be ASC or DESC, got {raw!r}")
+    return raw.upper()
 
 
 def _parse_bool(name: str) -> bool | None:
@@ -99,7 +114,7 @@ def list_jobs() -> Response:
         disabled=_parse_bool("disabled"),
         metadata=metadata,
         sort=request.args.get("_sort", "id") or "id",
-        order=request.args.get("_order", "ASC"),
+        order=_parse_order("ASC"),
         start=_parse_int("_start", 0) or 0,
         end=_parse_int("_end", None),
     )
@@ -131,7 +146,10 @@ def _save_job(payload: Any, path_name: str | None = None) -> Response:
     stored = load_job(job["name"])
     body = public(stored)
     if "runoncreate" in request.args:
-        body.update(node.scheduler.run_now(stored))
+        try:
+            body.update(node.scheduler.run_now(stored))
+        except RunRefused as exc:  # the job is saved; only the immediate run was refused
+            raise ApiError(f"job {job['name']} was saved but not run: {exc}", 409) from None
     location = f"/v1/jobs/{job['name']}"
     return json_response(body, 201, headers={"Location": location})
 
@@ -174,8 +192,15 @@ def run_job(job_name: str) -> Response:
         started = node.scheduler.run_now(job)
     except RunRefused as exc:
         raise ApiError(str(exc), 409) from None
+    # The launch is committed and queued, but its execution record is committed a few ms later (by
+    # the runner, through the recorder's batches). Wait briefly for it, so that the Location answered
+    # below resolves at once instead of a 404.
+    execution_id = started["execution_id"]
+    deadline = time.monotonic() + 1.0
+    while node.reader.get_execution(job_name, execution_id) is None and time.monotonic() < deadline:
+        time.sleep(0.005)
     body = {**public(job), **started}
-    return json_response(body, 202, headers={"Location": f"/v1/jobs/{job_name}/executions/{started['execution_id']}"})
+    return json_response(body, 202, headers={"Location": f"/v1/jobs/{job_name}/executions/{execution_id}"})
 
 
 @bp.post("/v1/jobs/<job_name>/toggle")

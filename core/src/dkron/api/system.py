@@ -112,7 +112,11 @@ def unpause() -> Response:
 def leave() -> Response:
     node = agent()
     # Answer first, then stop gracefully in the background (running executions may finish).
-    threading.Timer(0.2, node.stop).start()
+    # Not a daemon (it would inherit that from the HTTP worker thread): the process must not exit
+    # before the graceful stop has finished.
+    stopper = threading.Timer(0.2, node.stop)
+    stopper.daemon = False
+    stopper.start()
     return json_response({"leaving": node.node_name, "members": node.members()})
 
 

@@ -121,12 +121,14 @@ class ExecutionFinished(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., error: _Optional[str] = ..., exit_code: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., output_tail: _Optional[bytes] = ..., output_truncated: _Optional[bool] = ..., output_bytes_total: _Optional[int] = ...) -> None: ...
 
 class KillRequest(_message.Message):
-    __slots__ = ("execution_id", "reason")
+    __slots__ = ("execution_id", "reason", "job_name")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     reason: str
-    def __init__(self, execution_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    job_name: str
+    def __init__(self, execution_id: _Optional[str] = ..., reason: _Optional[str] = ..., job_name: _Optional[str] = ...) -> None: ...
 
 class KillResponse(_message.Message):
     __slots__ = ("found",)

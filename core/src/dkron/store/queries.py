@@ -187,11 +187,14 @@ class Reader:
         rows = self.db.execute("SELECT * FROM executions WHERE status='running' ORDER BY started_at").fetchall()
         return [execution_json(row) for row in rows]
 
-    def has_run(self, run_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM executions WHERE run_id=? LIMIT 1", (run_id,)).fetchone() is not None
+    def launch_started(self, run_id: str) -> bool:
+        """Has any execution record of this run been committed (even if trimmed since)?"""
+        row = self.db.execute("SELECT 1 FROM launches WHERE run_id=? AND started=1 LIMIT 1", (run_id,)).fetchone()
+        return row is not None
 
-    def launches_since(self, since_ms: int) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM launches WHERE scheduled_ms >= ?", (since_ms,)).fetchall()
+    def unstarted_launches_since(self, since_ms: int) -> list[dict[str, Any]]:
+        """Committed launches no execution record has reported on yet."""
+        rows = self.db.execute("SELECT * FROM launches WHERE scheduled_ms >= ? AND started = 0", (since_ms,)).fetchall()
         return [dict(row) for row in rows]
 
     def meta(self, key: str, default: Any = None) -> Any:

@@ -18,6 +18,7 @@ What this module fixes (see shared/reference/pysyncobj.md for the measurements):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -93,20 +94,44 @@ def fix_journal(journal_path: str, marker_path: str) -> int:
         return 0  # marker entries not in the journal: the library's own handling applies
     if position == 0:
         return 0
+    _replace_journal(journal_path, entries[position:])
+    log.warning("journal fix-up: dropped %d entries already covered by the snapshot marker", position)
+    return position
+
+
+def _replace_journal(journal_path: str, entries: list[Any]) -> None:
+    """Write ``entries`` as a new journal file and rename it over ``journal_path``."""
     tmp = journal_path + ".fixup"
     for leftover in (tmp, tmp + ".meta"):
         if os.path.exists(leftover):
             os.remove(leftover)
     fresh = FileJournal(tmp)
-    for entry in entries[position:]:
+    for entry in entries:
         fresh.add(*entry)
     fresh.flush()
     fresh._destroy()
     os.replace(tmp, journal_path)  # atomic: the old journal stays whole until this point
     if os.path.exists(tmp + ".meta"):
         os.remove(tmp + ".meta")
-    log.warning("journal fix-up: dropped %d entries already covered by the snapshot marker", position)
-    return position
+
+
+def _truncate_journal_atomically(journal: FileJournal, journal_path: str, entry_to: int) -> None:
+    """Crash-safe replacement for ``FileJournal.deleteEntriesTo`` (the truncation after compaction).
+
+    The library clears the journal in place and then re-adds the kept entries one by one, so a
+    ``kill -9`` in between leaves an empty or partial journal: entries already applied to the
+    state database vanish from the log, the next writes reuse their indexes and the state
+    machine skips them as replays. Writing a new file and renaming it keeps the journal on disk
+    either whole-old (fix_journal trims it at the next start) or whole-new.
+    """
+    keep = [journal[i] for i in range(entry_to, len(journal))]
+    _replace_journal(journal_path, keep)
+    reopened = FileJournal(journal_path)  # only its file and offset are taken; the meta stays ours
+    previous = journal._FileJournal__journalFile  # type: ignore[attr-defined]
+    journal._FileJournal__journalFile = reopened._FileJournal__journalFile  # type: ignore[attr-defined]
+    journal._FileJournal__currentOffset = reopened._FileJournal__currentOffset  # type: ignore[attr-defined]
+    journal._FileJournal__journal = keep  # type: ignore[attr-defined]
+    previous._destroy()
 
 
 class RaftNode(SyncObj):
@@ -149,6 +174,9 @@ class RaftNode(SyncObj):
             maxBindRetries=10,
         )
         super().__init__(config.self_addr, list(config.partners), conf)
+        raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        if isinstance(raft_log, FileJournal):
+            raft_log.deleteEntriesTo = functools.partial(_truncate_journal_atomically, raft_log, journal)
         deadline = time.monotonic() + conf.bindRetryTime * (conf.maxBindRetries + 1)
         while not self._SyncObj__transport.ready and self.tick_thread_alive() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -84,8 +84,12 @@ CREATE TABLE IF NOT EXISTS launches (
     node TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     proposal TEXT NOT NULL DEFAULT '',
+    -- Set once any execution record of this run is applied: "did it start?" must not depend
+    -- on execution history, which retention trims.
+    started INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job, scheduled_ms, kind)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS launches_run ON launches(run_id);
 CREATE INDEX IF NOT EXISTS launches_created ON launches(created_ms);
 """
 
@@ -331,6 +335,8 @@ class StateMachine:
                 ),
             )
             self._count(job, ex)
+            if ex.get("run_id"):
+                self.db.execute("UPDATE launches SET started=1 WHERE run_id=? AND started=0", (ex["run_id"],))
             touched.add(job)
         for job in touched:
             self._trim(job, keep, oldest)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dkron import hookimpl
 from dkron.contracts import ExecutorRegistry
-
 from dkron_executor_shell.executor import ShellExecutor
 
 __all__ = ["ShellExecutor", "dkron_register_executors"]

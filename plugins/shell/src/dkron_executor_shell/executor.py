@@ -7,7 +7,6 @@ import os
 from collections.abc import Mapping
 
 from dkron.contracts import CancelToken, ConfigError, ExecutionRequest, ExecutionResult, OutputSink
-
 from dkron_executor_shell.config import ShellConfig, parse_config, validate_config
 from dkron_executor_shell.runner import run
 

@@ -25,7 +25,6 @@ import time
 from collections.abc import Mapping
 
 from dkron.contracts import CancelToken, ExecutionResult, OutputSink
-
 from dkron_executor_shell.config import ShellConfig
 
 log = logging.getLogger(__name__)
@@ -250,9 +249,7 @@ class _Supervisor:
             limit = self.cfg.mem_limit or 0
             rss = _tree_rss(self.pid) if not self.exited else 0
             if rss > limit:
-                self._kill(
-                    f"shell: memory usage ({rss} bytes) exceeding limit ({limit} bytes), job was killed"
-                )
+                self._kill(f"shell: memory usage ({rss} bytes) exceeding limit ({limit} bytes), job was killed")
 
     def _poll_timeout_ms(self, now: float) -> int:
         waits = [CANCEL_POLL]
@@ -273,9 +270,7 @@ class _Supervisor:
             while True:
                 now = time.monotonic()
                 self._check_limits(now)
-                if self.exited and (
-                    not self.out_open or (self.drain_until is not None and now >= self.drain_until)
-                ):
+                if self.exited and (not self.out_open or (self.drain_until is not None and now >= self.drain_until)):
                     break
                 for fd, events in self.poller.poll(self._poll_timeout_ms(now)):
                     if fd == self.out_fd:

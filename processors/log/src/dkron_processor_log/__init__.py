@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dkron import hookimpl
 from dkron.contracts import ProcessorRegistry
-
 from dkron_processor_log.processor import LogProcessor
 
 __all__ = ["LogProcessor", "dkron_register_processors"]

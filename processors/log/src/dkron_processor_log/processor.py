@@ -61,9 +61,7 @@ class LogProcessor:
         # One record, not three: concurrent executions would otherwise interleave their lines.
         job, execution_id = execution.get("job_name", ""), execution.get("id", "")
         body = output.rstrip("\n")
-        message = (
-            f"----- BEGIN OUTPUT job={job} execution={execution_id} -----\n{body}\n----- END OUTPUT -----"
-        )
+        message = f"----- BEGIN OUTPUT job={job} execution={execution_id} -----\n{body}\n----- END OUTPUT -----"
         level = logging.INFO if execution.get("success") else logging.WARNING
         log.log(level, "%s", message)
         if forward:

@@ -1,0 +1,1 @@
+"""Cluster layer: membership, inter-node gRPC, dispatch to agents."""

@@ -1,0 +1,147 @@
+"""Who is in the cluster, and who is alive: the leader's view, fed by agent heartbeats.
+
+Membership of agents is not gossip (Dkron uses Serf): every node registers with the servers over
+gRPC and heartbeats every ``interval`` seconds, as Nomad's clients do. The leader marks a node
+``failed`` after ``timeout`` without a heartbeat, and ``left`` when it leaves gracefully. This
+state is soft: a new leader rebuilds it from the next round of heartbeats (within one interval).
+
+Target selection follows Dkron's tag syntax: a job tag ``"pool": "web:2"`` selects nodes whose
+tag ``pool`` is ``web``, at most 2 of them (the smallest count over the job's tags applies).
+Unlike Dkron, a job without any tags runs on ONE alive node, not on every node (a surprise
+fan-out users report); tags without a count keep Dkron's meaning (every matching node). No match
+fails the run loudly instead of only logging it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_COUNT = re.compile(r"^(?P<value>.*?)(?::(?P<count>\d+))?$")
+
+
+@dataclass
+class Node:
+    name: str
+    rpc_addr: str
+    tags: dict[str, str] = field(default_factory=dict)
+    is_server: bool = False
+    version: str = ""
+    status: str = "alive"  # alive | failed | left
+    last_seen: float = 0.0
+    running: tuple[str, ...] = ()
+
+    def as_member(self, leader_name: str | None) -> dict[str, Any]:
+        host, _, port = self.rpc_addr.rpartition(":")
+        return {
+            "Name": self.name,
+            "id": self.name,
+            "Addr": host,
+            "Port": int(port) if port.isdigit() else 0,
+            "Tags": {
+                **self.tags,
+                "server": str(self.is_server).lower(),
+                "version": self.version,
+                "rpc_addr": self.rpc_addr,
+            },
+            "Status": {"alive": 1, "left": 3, "failed": 4}.get(self.status, 0),
+            "statusText": self.status,
+            "server": self.is_server,
+            "leader": self.name == leader_name,
+        }
+
+
+def parse_job_tags(tags: Mapping[str, str]) -> tuple[dict[str, str], int | None]:
+    """Split Dkron's ``value:count`` tags into plain values and the cardinality (None = unset)."""
+    values: dict[str, str] = {}
+    counts: list[int] = []
+    for key, raw in tags.items():
+        match = _COUNT.match(raw)
+        assert match is not None  # the pattern matches every string
+        values[key] = match.group("value")
+        if match.group("count") is not None:
+            counts.append(int(match.group("count")))
+    return values, (min(counts) if counts else None)
+
+
+class Membership:
+    def __init__(self, *, timeout: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self.clock = clock
+        self._nodes: dict[str, Node] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+
+    def heartbeat(
+        self,
+        name: str,
+        rpc_addr: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        is_server: bool = False,
+        version: str = "",
+        running: Iterable[str] = (),
+    ) -> Node:
+        with self._lock:
+            node = self._nodes.get(name)
+            if node is None:
+                node = self._nodes[name] = Node(name, rpc_addr)
+            node.rpc_addr = rpc_addr
+            if tags is not None:
+                node.tags = dict(tags)
+            node.is_server = is_server
+            node.version = version or node.version
+            node.status = "alive"
+            node.last_seen = self.clock()
+            node.running = tuple(running)
+            return node
+
+    def leave(self, name: str) -> bool:
+        with self._lock:
+            node = self._nodes.get(name)
+            if node is None:
+                return False
+            node.status = "left"
+            return True
+
+    def expire(self) -> list[Node]:
+        """Mark nodes silent for longer than ``timeout`` as failed; return the newly failed."""
+        now = self.clock()
+        failed = []
+        with self._lock:
+            for node in self._nodes.values():
+                if node.status == "alive" and now - node.last_seen > self.timeout:
+                    node.status = "failed"
+                    failed.append(node)
+        return failed
+
+    def get(self, name: str) -> Node | None:
+        with self._lock:
+            return self._nodes.get(name)
+
+    def nodes(self) -> list[Node]:
+        with self._lock:
+            return sorted(self._nodes.values(), key=lambda n: (not n.is_server, n.name))
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._nodes.pop(name, None)
+
+    def select(self, job_tags: Mapping[str, str]) -> list[Node]:
+        """Alive nodes for a job's tags: one node for a job without tags, else Dkron's rules."""
+        wanted, count = parse_job_tags(job_tags)
+        with self._lock:
+            eligible = [
+                n
+                for n in self._nodes.values()
+                if n.status == "alive" and all(n.tags.get(k) == v for k, v in wanted.items())
+            ]
+        limit = 1 if not job_tags else (len(eligible) if count is None else count)
+        if len(eligible) <= limit:
+            return eligible
+        return self._rng.sample(eligible, limit)

@@ -1,0 +1,286 @@
+"""Parsing and validation of the http executor's ``executor_config``.
+
+Every value arrives as a string (Dkron's contract). ``validate_config`` runs at job submission
+(no I/O there: TLS files are only read when the job runs) and ``parse_config`` turns a validated
+config into an immutable :class:`HttpConfig`; it is cached because every run parses the same
+config again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dkron.contracts import ConfigError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "KNOWN_KEYS",
+    "HttpConfig",
+    "parse_bool",
+    "parse_config",
+    "parse_expect_code",
+    "parse_headers",
+    "parse_timeout",
+    "validate_config",
+]
+
+KNOWN_KEYS = (
+    "method",
+    "url",
+    "headers",
+    "body",
+    "timeout",
+    "expectCode",
+    "expectBody",
+    "debug",
+    "tlsNoVerifyPeer",
+    "tlsCertificateFile",
+    "tlsCertificateKeyFile",
+    "tlsRootCAsFile",
+)
+DEFAULT_TIMEOUT = 30.0
+
+# strconv.ParseBool spellings (what Dkron's other boolean keys accept).
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+#: RFC 9110 token: what a method or a header name may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters except TAB
+#: Headers the executor computes itself; setting them by hand would corrupt the request.
+_RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_SECONDS = re.compile(r"\d+(\.\d+)?\Z")
+# URL characters left as they are; anything else in the path or query is percent-encoded.
+_URL_SAFE = "/:?#[]@!$&'()*+,;=%~"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """A parsed, ready-to-run config (immutable, so the parse cache can share it across threads)."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+    timeout: float
+    timeout_text: str
+    expect_codes: frozenset[int] | None
+    expect_body: re.Pattern[str] | None
+    debug: bool
+    tls_no_verify: bool
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    tls_ca_file: str | None
+
+
+def parse_bool(value: str, key: str) -> bool:
+    """strconv.ParseBool semantics (surrounding whitespace tolerated; empty means false)."""
+    text = value.strip()
+    if text in _TRUE:
+        return True
+    if text in _FALSE or text == "":
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}", key=key)
+
+
+def parse_method(value: str) -> str:
+    method = value.strip().upper()
+    if not method:
+        raise ConfigError("method is required (GET, POST, ...)", key="method")
+    if not _TOKEN.match(method):
+        raise ConfigError(f"method {value!r} is not a valid HTTP method", key="method")
+    return method
+
+
+def parse_url(value: str) -> str:
+    """Check an http(s) URL; returns it stripped, with non-ASCII path characters percent-encoded."""
+    text = value.strip()
+    if not text:
+        raise ConfigError("url is required", key="url")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ConfigError("url must not contain spaces or control characters (percent-encode them)", key="url")
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ConfigError(f"url must start with http:// or https://, got {value!r}", key="url")
+    try:
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(f"url has an invalid host or port: {exc}", key="url") from None
+    if not host:
+        raise ConfigError(f"url has no host: {value!r}", key="url")
+    if port == 0:
+        raise ConfigError("url port must be between 1 and 65535", key="url")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ConfigError(f"url host {host!r} is not a valid host name", key="url") from None
+    path = urllib.parse.quote(parts.path, safe=_URL_SAFE)
+    query = urllib.parse.quote(parts.query, safe=_URL_SAFE)
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc, path, query, ""))
+
+
+def _check_header(name: str, value: str) -> tuple[str, str]:
+    name, value = name.strip(), value.strip()
+    if not _TOKEN.match(name):
+        raise ConfigError(f"headers: {name!r} is not a valid header name", key="headers")
+    if _BAD_VALUE_CHARS.search(value):
+        raise ConfigError(f"headers: the value of {name} contains a line break or control character", key="headers")
+    if name.lower() in _RESERVED_HEADERS:
+        raise ConfigError(f"headers: {name} is computed from body and must not be set", key="headers")
+    return name, value
+
+
+def parse_headers(value: str) -> tuple[tuple[str, str], ...]:
+    """``["Name: value", ...]`` (Dkron's form, split on the first colon) or ``{"Name": "value"}``."""
+    text = value.strip()
+    if not text:
+        return ()
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f'headers is not valid JSON ({exc}); use ["Name: value", ...]', key="headers") from None
+    pairs: list[tuple[str, str]] = []
+    if isinstance(obj, list):
+        for item in obj:
+            if not isinstance(item, str):
+                raise ConfigError(f'headers: {item!r} is not a "Name: value" string', key="headers")
+            if ":" not in item:
+                raise ConfigError(f'headers: {item!r} has no colon (expected "Name: value")', key="headers")
+            name, val = item.split(":", 1)
+            pairs.append(_check_header(name, val))
+    elif isinstance(obj, dict):
+        for name, raw in obj.items():
+            if isinstance(raw, bool):  # before int: bool is an int subclass
+                raw = "true" if raw else "false"
+            elif isinstance(raw, int | float):
+                raw = str(raw)
+            elif not isinstance(raw, str):
+                raise ConfigError(f"headers: the value of {name} must be a string", key="headers")
+            pairs.append(_check_header(name, raw))
+    else:
+        raise ConfigError('headers must be a JSON array of "Name: value" strings or a JSON object', key="headers")
+    return tuple(pairs)
+
+
+def parse_timeout(value: str) -> float:
+    """Whole request time limit: seconds (``10``, ``2.5``) or a Go duration (``10s``, ``1m30s``)."""
+    text = value.strip()
+    total = -1.0
+    if _SECONDS.match(text):
+        total = float(text)
+    else:
+        pos, acc = 0, 0.0
+        while text and pos < len(text):
+            match = _DURATION_PART.match(text, pos)
+            if match is None:
+                break
+            acc += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if not text or pos != len(text):
+            raise ConfigError(f"timeout must be seconds or a duration such as 10s or 1m30s, got {value!r}", "timeout")
+        total = acc
+    if not total > 0 or not math.isfinite(total):
+        raise ConfigError(f"timeout must be greater than zero, got {value!r}", key="timeout")
+    return total
+
+
+def parse_expect_code(value: str) -> frozenset[int] | None:
+    """Comma list of exact status codes; ``None`` (empty) means any 2xx."""
+    if not value.strip():
+        return None
+    codes: set[int] = set()
+    for piece in value.split(","):
+        code = piece.strip()
+        if not code:
+            continue
+        if not code.isdigit() or not 100 <= int(code) <= 599:
+            raise ConfigError(f"expectCode: {code!r} is not an HTTP status code (100-599)", key="expectCode")
+        codes.add(int(code))
+    if not codes:
+        raise ConfigError(f"expectCode has no status codes: {value!r}", key="expectCode")
+    return frozenset(codes)
+
+
+def _parse_expect_body(value: str) -> re.Pattern[str] | None:
+    if value == "":
+        return None
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"expectBody is not a valid regular expression: {exc}", key="expectBody") from None
+
+
+def _parse_path(config: Mapping[str, str], key: str) -> str | None:
+    value = config.get(key, "").strip()
+    if not value:
+        return None
+    if "\0" in value or not os.path.isabs(value):
+        raise ConfigError(f"{key} must be an absolute file path, got {value!r}", key=key)
+    return value
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(KNOWN_KEYS)})"
+    return ConfigError(f"unknown key {key!r}{hint}", key=key)
+
+
+def _parse(config: Mapping[str, str]) -> HttpConfig:
+    for key in config:
+        if key not in KNOWN_KEYS:
+            raise _unknown_key(key)
+    cert, key_file = _parse_path(config, "tlsCertificateFile"), _parse_path(config, "tlsCertificateKeyFile")
+    if (cert is None) != (key_file is None):
+        missing = "tlsCertificateKeyFile" if key_file is None else "tlsCertificateFile"
+        raise ConfigError("a client certificate needs both tlsCertificateFile and tlsCertificateKeyFile", missing)
+    timeout_text = config.get("timeout", "").strip()
+    body = config.get("body")
+    return HttpConfig(
+        method=parse_method(config.get("method", "")),
+        url=parse_url(config.get("url", "")),
+        headers=parse_headers(config.get("headers", "")),
+        body=body.encode("utf-8") if body else None,
+        timeout=parse_timeout(timeout_text) if timeout_text else DEFAULT_TIMEOUT,
+        timeout_text=(timeout_text + "s" if _SECONDS.match(timeout_text) else timeout_text) or "30s",
+        expect_codes=parse_expect_code(config.get("expectCode", "")),
+        expect_body=_parse_expect_body(config.get("expectBody", "")),
+        debug=parse_bool(config.get("debug", ""), "debug"),
+        tls_no_verify=parse_bool(config.get("tlsNoVerifyPeer", ""), "tlsNoVerifyPeer"),
+        tls_cert_file=cert,
+        tls_key_file=key_file,
+        tls_ca_file=_parse_path(config, "tlsRootCAsFile"),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cached(items: tuple[tuple[str, str], ...]) -> HttpConfig:
+    return _parse(dict(items))
+
+
+def parse_config(config: Mapping[str, str]) -> HttpConfig:
+    """Parse a (validated) config; raises :class:`ConfigError` naming the key at fault."""
+    return _parse_cached(tuple(sorted((str(k), str(v)) for k, v in config.items())))
+
+
+def validate_config(config: Mapping[str, str]) -> dict[str, str]:
+    """Check a job's config at submission; return it normalised (method upper-cased, booleans spelled out)."""
+    cfg = parse_config(config)
+    normalised = {key: str(value) for key, value in config.items()}
+    normalised["method"] = cfg.method
+    normalised["url"] = cfg.url
+    for key, value in (("debug", cfg.debug), ("tlsNoVerifyPeer", cfg.tls_no_verify)):
+        if key in config:
+            normalised[key] = "true" if value else "false"
+    return normalised
