@@ -55,7 +55,8 @@ def settle(agent: AgentProcess) -> None:
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    node = AgentProcess(tmp_path_factory.mktemp("endpoints") / "data").start()
+    # Tagged so that jobs targeting role=x run here (tags select nodes, as in Dkron).
+    node = AgentProcess(tmp_path_factory.mktemp("endpoints") / "data", extra_args=("--tag", "role=x")).start()
     try:
         yield node
     finally:
@@ -511,7 +512,7 @@ def test_leader_isleader_and_members_describe_the_single_node(agent):
     members = agent.get("/v1/members")
     assert members.headers["X-Total-Count"] == "1"
     [member] = members.json()
-    assert member["Name"] == "node1" and member["statusText"] == "alive" and member["Tags"]["role"] == "dkron"
+    assert member["Name"] == "node1" and member["statusText"] == "alive" and member["Tags"]["role"] == "x"  # the node's own tag: not hijacked as in Dkron
     assert member == leader.json()
 
 
@@ -565,7 +566,7 @@ def backup(agent: AgentProcess) -> list[dict[str, Any]]:
         "timezone": "Europe/Madrid",
         "owner": "ops",
         "owner_email": "ops@example.com",
-        "tags": {"role": "web:2"},
+        "tags": {"role": "x:2"},
         "metadata": {"suite": "rt", "team": "ops"},
         "retries": 2,
         "processors": {"log": {"forward": "true"}},

@@ -374,8 +374,14 @@ class Recorder:
             conn.close()
 
 
-def test_real_answers_conform_to_the_document(dkron_agent, spec):
-    call = Recorder(dkron_agent, spec)
+@pytest.fixture
+def tagged_agent(agent_factory):
+    """A real agent tagged role=x, so that the jobs below (tags {"role": "x"}) have a node to run on."""
+    return agent_factory(extra_args=("--tag", "role=x")).start()
+
+
+def test_real_answers_conform_to_the_document(tagged_agent, spec):
+    call = Recorder(tagged_agent, spec)
     for path in ["/health", "/v1", "/v1/", "/v1/leader", "/v1/isleader", "/v1/members", "/v1/busy", "/v1/pause"]:
         assert call("get", path)[0] == 200
     assert call("get", "/v1/plugins")[0] == 200
@@ -419,13 +425,13 @@ def test_real_answers_conform_to_the_document(dkron_agent, spec):
     status, run, _ = call("post", "/v1/jobs/parent/run")
     assert status == 202
     assert call("post", "/v1/jobs/parent")[0] in (202, 409)  # forbid: 409 while the first run is running
-    dkron_agent.wait_for(lambda: not dkron_agent.get("/v1/busy").json())
+    tagged_agent.wait_for(lambda: not tagged_agent.get("/v1/busy").json())
     assert call("post", "/v1/jobs/parent")[0] == 202
     assert call("post", "/v1/jobs/ghost/run")[0] == 404
     assert call("post", "/v1/jobs/ghost")[0] == 404
     assert call("post", "/v1/jobs/parent/toggle")[1]["disabled"] is True
     assert call("post", "/v1/jobs/ghost/toggle")[0] == 404
-    dkron_agent.wait_for(lambda: len(dkron_agent.get("/v1/jobs/parent/executions").json()) >= 2)
+    tagged_agent.wait_for(lambda: len(tagged_agent.get("/v1/jobs/parent/executions").json()) >= 2)
     assert len(call("get", "/v1/jobs/parent/executions?output_size_limit=2&_sort=started_at&_order=ASC")[1]) >= 2
     assert call("get", "/v1/jobs/parent/executions?_start=x")[0] == 400
     assert call("get", "/v1/jobs/ghost/executions")[0] == 404
@@ -440,21 +446,21 @@ def test_real_answers_conform_to_the_document(dkron_agent, spec):
     }
     assert call("post", "/v1/jobs", sleeper)[0] == 201
     exec_id = call("post", "/v1/jobs/sleeper/run")[1]["execution_id"]
-    dkron_agent.wait_for(lambda: dkron_agent.get("/v1/busy").json())
+    tagged_agent.wait_for(lambda: tagged_agent.get("/v1/busy").json())
     assert call("get", "/v1/busy")[1][0]["status"] == "running"
     assert call("get", f"/v1/jobs/sleeper/executions/{exec_id}")[1]["status"] == "running"
     assert call("post", f"/v1/jobs/sleeper/executions/{exec_id}/kill")[0] == 202
     assert call("post", f"/v1/jobs/sleeper/executions/{exec_id}/kill")[0] in (202, 404)
     assert call("post", "/v1/jobs/sleeper/executions/nope/kill")[0] == 404
-    dkron_agent.wait_for(
-        lambda: dkron_agent.get(f"/v1/jobs/sleeper/executions/{exec_id}").json()["status"] == "failed", timeout=5
+    tagged_agent.wait_for(
+        lambda: tagged_agent.get(f"/v1/jobs/sleeper/executions/{exec_id}").json()["status"] == "failed", timeout=5
     )
 
     assert call("delete", "/v1/jobs/parent/executions")[1]["success_count"] == 0
     assert call("delete", "/v1/jobs/ghost/executions")[0] == 404
     assert call("delete", "/v1/jobs/parent")[0] == 409
     assert call("delete", "/v1/jobs/ghost")[0] == 404
-    backup = dkron_agent.get("/v1/jobs").json()
+    backup = tagged_agent.get("/v1/jobs").json()
     assert call("post", "/v1/restore", backup)[1]["restored"] == len(backup)
     assert call("post", "/v1/restore", {"not": "a list"})[0] == 400
     for name in ["child", "child2", "sleeper", "parent"]:
@@ -462,9 +468,9 @@ def test_real_answers_conform_to_the_document(dkron_agent, spec):
 
     assert call.no_redirect("get", "/")[0] == 303
     assert call.no_redirect("get", "/ui/")[0] == 200
-    assert call("post", "/v1/leave")[1]["leaving"] == dkron_agent.node_name
-    assert dkron_agent.proc.wait(timeout=10) == 0  # the agent really stops, gracefully
-    assert "dkron.agent: stopped" in dkron_agent.log()
+    assert call("post", "/v1/leave")[1]["leaving"] == tagged_agent.node_name
+    assert tagged_agent.proc.wait(timeout=10) == 0  # the agent really stops, gracefully
+    assert "dkron.agent: stopped" in tagged_agent.log()
 
     documented = doc_operations(spec)
     assert call.seen == documented, f"operations not exercised: {sorted(documented - call.seen)}"

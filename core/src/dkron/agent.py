@@ -1,4 +1,9 @@
-"""One node: wires plugins, the replicated store, the runner, the scheduler and the HTTP API."""
+"""One node: wires plugins, the runner, gRPC, and (on servers) the store, scheduler and HTTP API.
+
+Every node runs jobs (the runner) and serves ``AgentService`` over gRPC so a leader can
+dispatch to it; it registers with the servers and heartbeats to the leader. A server (``--server``)
+is also a Raft member holding the replicated state; the one that leads schedules.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,23 @@ import logging
 import os
 import threading
 import time
+from concurrent import futures
+from datetime import UTC, datetime
 from typing import Any
 
+import grpc
+
 from dkron import __version__
+from dkron.cluster.agent_service import AgentServicer
+from dkron.cluster.cluster_service import ClusterServicer
+from dkron.cluster.dispatch import ClusterPlacement
+from dkron.cluster.node import Cluster
+from dkron.cluster.reaper import Reaper
 from dkron.config import split_addr
 from dkron.jobs import format_time
 from dkron.ledger import RunLedger
 from dkron.plugins import PluginHost, load_plugins
+from dkron.proto import agent_pb2_grpc, cluster_pb2_grpc
 from dkron.recorder import Recorder
 from dkron.runner import Runner
 from dkron.scheduler import Scheduler
@@ -23,43 +38,99 @@ from dkron.store.state import StateMachine
 log = logging.getLogger(__name__)
 
 JOB_COMMANDS = ("put_job", "delete_job", "set_disabled")
+HEARTBEAT_INTERVAL = 1.0
+FAILURE_TIMEOUT = 5.0
 
 
 class Agent:
     def __init__(self, config: dict[str, Any], plugins: PluginHost | None = None) -> None:
         self.config = config
         self.node_name: str = config["node-name"]
+        self.is_server: bool = bool(config["server"])
         self.started_at = time.time()
         self.plugins = plugins or load_plugins(config)
         self.data_dir = os.path.abspath(config["data-dir"])
+        host = config["advertise-addr"] or config["bind-addr"]
+        self.rpc_addr = f"{host}:{config['rpc-port']}"
+        self.raft_addr = f"{host}:{config['raft-port']}" if self.is_server else None
         self.raft: RaftNode | None = None
         self.http_server: Any = None
+        self.grpc_server: grpc.Server | None = None
+        self.reaper: Reaper | None = None
         self._stopped = threading.Event()
         self._done = threading.Event()
         self._paused_submissions = False
 
     # -- start -------------------------------------------------------------------------------
     def start(self) -> None:
-        if not self.config["server"]:
-            raise RuntimeError("client agents (without --server) join a cluster; that arrives with clustering")
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         os.chmod(self.data_dir, 0o700)  # the journal is pickles: whoever can write it can run code
-        db_path = os.path.join(self.data_dir, "state.db")
-        self.state = StateMachine(db_path)
-        self.reader = Reader(db_path)
-        self.recorder = Recorder(
-            self.write,
-            keep_per_job=self.config["retention-count"],
-            keep_seconds=self.config["retention-age-seconds"],
+        self.cluster = Cluster(
+            node_name=self.node_name,
+            rpc_addr=self.rpc_addr,
+            raft_addr=self.raft_addr,
+            tags=self.config["tag"],
+            join=self.config["join"] + self.config["retry-join"],
+            data_dir=self.data_dir,
+            running_ids=lambda: [e["id"] for e in self.runner.active()],
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            failure_timeout=FAILURE_TIMEOUT,
         )
+        if self.is_server:
+            self._start_store()
         self.runner = Runner(
             self.node_name,
             self.plugins.executors,
             self.plugins.processors,
-            self.recorder.add,
+            self.recorder.add if self.is_server else self.cluster.deliver,
             max_concurrent=self.config["max-concurrent-runs"],
             max_output_bytes=self.config["max-output-bytes"],
             ledger=RunLedger(os.path.join(self.data_dir, "started-runs.log")),
+        )
+        self._start_grpc()
+        if self.is_server:
+            self._start_server()
+        self.cluster.start()
+        log.info(
+            "dkron %s node %s (%s) gRPC %s%s",
+            __version__,
+            self.node_name,
+            "server" if self.is_server else "agent",
+            self.rpc_addr,
+            f", raft {self.raft_addr}, HTTP {self.config['http-addr']}" if self.is_server else "",
+        )
+
+    def _start_store(self) -> None:
+        db_path = os.path.join(self.data_dir, "state.db")
+        self.state = StateMachine(db_path)
+        self.reader = Reader(db_path)
+        self.recorder = Recorder(
+            self.write, keep_per_job=self.config["retention-count"], keep_seconds=self.config["retention-age-seconds"]
+        )
+
+    def _start_grpc(self) -> None:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"))
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(self.runner, self.node_name, self.cluster.deliver), server
+        )
+        if self.is_server:
+            cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
+                ClusterServicer(self, {"run_job": self._forwarded_run}), server
+            )
+        if server.add_insecure_port(self.rpc_addr) == 0:
+            raise RuntimeError(f"cannot bind gRPC to {self.rpc_addr}: address in use or not local")
+        server.start()
+        self.grpc_server = server
+
+    def _start_server(self) -> None:
+        self.placement = ClusterPlacement(
+            node_name=self.node_name,
+            runner=self.runner,
+            membership=self.cluster.membership,
+            channels=self.cluster.channels,
+            record=self.recorder.add,
+            running_in_store=lambda: {e["job_name"] for e in self.reader.running_executions()},
+            max_output_bytes=self.config["max-output-bytes"],
         )
         self.scheduler = Scheduler(
             self.reader,
@@ -68,30 +139,63 @@ class Agent:
             self.recorder.add,
             node_name=self.node_name,
             catchup_window=self.config["catchup-window"],
+            placement=self.placement,
         )
+        self.scheduler.on_leadership = self._prepare_leadership
         self.state.listeners.append(self._on_applied)
         # Before Raft starts: a paused cluster must not run catch-ups when it comes back.
         self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
         self.scheduler.start()
         self.recorder.start()
-        raft_addr = f"{self.config['advertise-addr'] or self.config['bind-addr']}:{self.config['raft-port']}"
-        raft_config = RaftConfig(data_dir=self.data_dir, self_addr=raft_addr, password=self.config["encrypt"] or None)
+        expect = self.config["bootstrap-expect"]
+        partners = (
+            self.cluster.bootstrap_partners(expect, timeout=None if self.config["retry-join"] else 120.0)
+            if expect > 1
+            else self.cluster.bootstrap_partners(1, timeout=0)
+        )
+        raft_config = RaftConfig(
+            data_dir=self.data_dir,
+            self_addr=self.raft_addr or "",
+            partners=tuple(partners),
+            password=self.config["encrypt"] or None,
+        )
         # Tests and chaos runs force frequent log compaction to exercise crash-during-snapshot.
         if os.environ.get("DKRON_RAFT_COMPACTION_ENTRIES"):
             raft_config.compaction_min_entries = int(os.environ["DKRON_RAFT_COMPACTION_ENTRIES"])
-        self.raft = RaftNode(
-            raft_config,
-            self.state,
-            on_state_change=self.scheduler.set_leader,
+        self.raft = RaftNode(raft_config, self.state, on_state_change=self.scheduler.set_leader)
+        self.cluster.raft = self.raft
+        self.reaper = Reaper(
+            node_name=self.node_name,
+            membership=self.cluster.membership,
+            reader=self.reader,
+            runner=self.runner,
+            record=self.recorder.add,
+            is_leader=lambda: self.is_leader,
+            grace=FAILURE_TIMEOUT,
         )
+        self.reaper.start()
         self._start_http()
-        log.info(
-            "dkron %s node %s serving HTTP on %s (raft %s)",
-            __version__,
-            self.node_name,
-            self.config["http-addr"],
-            raft_addr,
+
+    def _prepare_leadership(self) -> None:
+        """Runs in the scheduler's thread when this server starts leading, before planning."""
+        self.cluster.membership.reset(self.reader.nodes())
+        self.cluster.membership.heartbeat(
+            self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__
         )
+        # A leader heartbeats to itself, so it never registers like the others: record it here.
+        self.persist_node(self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__)
+
+    def persist_node(self, name: str, rpc_addr: str, tags: dict[str, str], *, is_server: bool, version: str) -> None:
+        """Replicate a node's registration (so a new leader knows every node at once). Only a
+        new or changed registration costs a Raft write; re-registering after a failover does not."""
+        wanted = {"name": name, "rpc_addr": rpc_addr, "tags": tags, "is_server": is_server, "version": version}
+        stored = next((n for n in self.reader.nodes() if n["name"] == name), None)
+        if stored is not None and stored["status"] == "alive" and all(stored[k] == v for k, v in wanted.items()):
+            return
+        try:
+            self.write("upsert_node", {**wanted, "now": format_time(datetime.now(UTC))}, timeout=5)
+        except Exception as exc:  # no quorum yet: the node retries on its next registration
+            log.warning("could not record the registration of %s: %s", name, exc)
 
     def _start_http(self) -> None:
         from waitress.server import create_server
@@ -99,9 +203,8 @@ class Agent:
         from dkron.api.app import create_app
 
         host, port = split_addr(self.config["http-addr"], "http-addr")
-        app = create_app(self)
         self.http_server = create_server(
-            app,
+            create_app(self),
             host=host,
             port=port,
             threads=16,
@@ -121,46 +224,52 @@ class Agent:
 
     # -- operations used by the API ----------------------------------------------------------
     def write(self, command: str, payload: dict[str, Any], timeout: float = 10.0) -> Any:
-        assert self.raft is not None
+        if self.raft is None:
+            from dkron.store.raft import StoreUnavailable
+
+            raise StoreUnavailable("this server has not joined its cluster yet")
         return self.raft.write(command, payload, timeout=timeout)
 
     @property
     def is_leader(self) -> bool:
         return bool(self.raft and self.raft.is_leader)
 
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.raft is not None and (self.raft.is_leader or self.raft.leader_addr()):
-                return True
-            time.sleep(0.02)
-        return False
+    def run_now(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A manual run: started by the leader, forwarded there from a follower."""
+        if self.is_leader:
+            return self.scheduler.run_now(job)
+        return self.cluster.forward("run_job", {"name": job["name"]})
+
+    def _forwarded_run(self, payload: dict[str, Any]) -> dict[str, Any]:
+        job = self.reader.get_job(payload["name"])
+        if job is None:
+            raise LookupError(f"job not found: {payload['name']}")
+        return self.scheduler.run_now(job)
+
+    def busy(self) -> list[dict[str, Any]]:
+        if self.is_leader:
+            return self.placement.active()
+        return self.reader.running_executions()
+
+    def kill(self, job: str, execution_id: str, reason: str) -> bool:
+        return self.placement.kill(job, execution_id, reason)
 
     def members(self) -> list[dict[str, Any]]:
-        host = self.config["advertise-addr"] or self.config["bind-addr"]
-        return [
-            {
-                "Name": self.node_name,
-                "id": self.node_name,
-                "Addr": host,
-                "Port": self.config["rpc-port"],
-                "Tags": {
-                    **self.config["tag"],
-                    "role": "dkron",
-                    "server": str(self.config["server"]).lower(),
-                    "version": __version__,
-                    "rpc_addr": f"{host}:{self.config['rpc-port']}",
-                },
-                "Status": 1,
-                "statusText": "alive",
-                "leader": self.is_leader,
-            }
-        ]
-
-    def now_iso(self) -> str:
-        from datetime import UTC, datetime
-
-        return format_time(datetime.now(UTC)) or ""
+        leader_rpc = self.cluster.leader_rpc_addr()
+        leader_name = next((n for n, s in self.cluster.servers.items() if s["rpc_addr"] == leader_rpc), None)
+        if self.is_leader:
+            nodes = self.cluster.membership.nodes()
+        else:
+            self.cluster.membership.reset(self.reader.nodes())  # followers show the registered view
+            nodes = self.cluster.membership.nodes()
+        if not any(node.name == self.node_name for node in nodes):
+            nodes.insert(
+                0,
+                self.cluster.membership.heartbeat(
+                    self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__
+                ),
+            )
+        return [node.as_member(leader_name) for node in nodes]
 
     @property
     def submissions_paused(self) -> bool:
@@ -176,12 +285,19 @@ class Agent:
             return
         self._stopped.set()
         log.info("stopping: waiting up to %.0fs for running executions", self.config["shutdown-timeout"])
-        self.scheduler.set_leader(False)
+        if self.is_server:
+            self.scheduler.set_leader(False)
         self.runner.shutdown(self.config["shutdown-timeout"])
-        self.recorder.stop(timeout=10)
-        self.scheduler.stop()
-        if self.http_server is not None:
-            self.http_server.close()
+        if self.is_server:
+            self.recorder.stop(timeout=10)
+            self.scheduler.stop()
+            if self.reaper is not None:
+                self.reaper.stop()
+            if self.http_server is not None:
+                self.http_server.close()
+        self.cluster.stop()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=2).wait(3)
         if self.raft is not None:
             self.raft.destroy_synchronous()  # flushes the journal before the process exits
         self.runner.ledger.close()

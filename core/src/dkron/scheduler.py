@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +55,24 @@ def run_id_for(job: str, scheduled_ms: int) -> str:
     return f"{job}@{scheduled_ms}"
 
 
+class Placement:
+    """Where runs go. This default runs everything on the local node; the cluster layer
+    provides one that selects nodes by tags and dispatches over gRPC."""
+
+    def __init__(self, runner: Runner, node_name: str) -> None:
+        self.runner = runner
+        self.node_name = node_name
+
+    def targets(self, job: dict[str, Any]) -> list[str]:
+        return [self.node_name]
+
+    def submit(self, spec: RunSpec) -> str:
+        return self.runner.submit(spec)
+
+    def running_jobs(self) -> set[str]:
+        return self.runner.running_jobs()
+
+
 @dataclass
 class _Entry:
     job: dict[str, Any]
@@ -76,10 +94,12 @@ class Scheduler:
         lookahead: float = 1.0,
         catchup_window: float = 60.0,
         clock: Callable[[], float] = time.time,
+        placement: Placement | None = None,
     ) -> None:
         self.reader = reader
         self.write = write
         self.runner = runner
+        self.placement = placement or Placement(runner, node_name)
         self.record = record
         self.node_name = node_name
         self.lookahead_ms = int(lookahead * 1000)
@@ -96,6 +116,9 @@ class Scheduler:
         self._due_lock = threading.Condition()
         self._seq = itertools.count()
         self.paused = False
+        #: Called in the planner thread when this node starts leading, before it plans anything
+        #: (the cluster layer reloads its membership there).
+        self.on_leadership: Callable[[], None] = lambda: None
         self._threads = [
             threading.Thread(target=self._planner, name="scheduler-plan", daemon=True),
             threading.Thread(target=self._dispatcher, name="scheduler-dispatch", daemon=True),
@@ -175,6 +198,7 @@ class Scheduler:
 
     def _become_leader(self) -> None:
         """Rebuild the plan from the store and reconcile what the previous leader left."""
+        self.on_leadership()
         self._plan.clear()
         self._jobs.clear()
         while not self._changes.empty():
@@ -251,9 +275,11 @@ class Scheduler:
             "job": name,
             "scheduled_ms": fire,
             "kind": kind,
-            "node": self.node_name,
+            # Targets are chosen when the launch is committed: a new leader re-dispatches a
+            # launch to the same node, whose run ledger refuses it if it already started.
+            "node": ",".join(self.placement.targets(entry.job)),
             "run_id": run_id_for(name, fire),
-            "execution_id": f"{fire * 1_000_000}-{self.node_name}",
+            "execution_id": f"{fire * 1_000_000}",
         }
 
     def _missed(self, job: str, ticks: list[int], now: int) -> dict[str, Any]:
@@ -272,6 +298,16 @@ class Scheduler:
             "error": f"{len(ticks)} tick(s) from {first} to {last} missed while no leader was scheduling",
         }
 
+    def _failed(self, spec: RunSpec, reason: str, status: str = "failed") -> dict[str, Any]:
+        return {
+            **self._skipped(spec, reason),
+            "status": status,
+            "success": False,
+            "output": reason,
+            "attempt": spec.attempt,
+            "group": spec.group,
+        }
+
     def _skipped(self, spec: RunSpec, reason: str) -> dict[str, Any]:
         now = format_time(_dt(self._now_ms()))
         return {
@@ -281,7 +317,7 @@ class Scheduler:
             "status": "skipped",
             "kind": spec.kind,
             "node_name": spec.node_name,
-            "scheduled_at": format_time(_dt(spec.scheduled_ms)),
+            "scheduled_at": format_time(_dt(spec.scheduled_ms)) if spec.scheduled_ms else None,
             "started_at": now,
             "finished_at": now,
             "error": reason,
@@ -404,43 +440,42 @@ class Scheduler:
         if self.paused and spec.kind != "manual":
             self.record(self._skipped(spec, "skipped: scheduling is paused (POST /v1/unpause?scheduling=true)"))
             return
-        if spec.job.get("concurrency") == "forbid" and name in self.runner.running_jobs():
+        if spec.job.get("concurrency") == "forbid" and name in self.placement.running_jobs():
             self.record(self._skipped(spec, "skipped: the previous run is still running (concurrency: forbid)"))
             return
-        outcome = self.runner.submit(spec)
-        if outcome == "duplicate" and not self.reader.launch_started(spec.run_id):
-            self.record(
-                self._lost(
-                    {
-                        "id": spec.execution_id,
-                        "job_name": name,
-                        "run_id": spec.run_id,
-                        "kind": spec.kind,
-                        "node_name": spec.node_name,
-                        "scheduled_at": format_time(_dt(spec.scheduled_ms)),
-                        "started_at": None,
-                        "attempt": spec.attempt,
-                        "group": spec.group,
-                    },
-                    "the run had started before the agent restarted; outcome unknown",
+        targets = [node for node in spec.node_name.split(",") if node]
+        if not targets:
+            self.record(self._failed(spec, f"no alive node matches the job's tags {spec.job.get('tags') or {}}"))
+            return
+        for node in targets:
+            # One execution per target node; its id is Dkron's "<dispatch ns>-<node>".
+            one = replace(spec, node_name=node, execution_id=f"{spec.group}-{node}")
+            outcome = self.placement.submit(one)
+            if outcome == "duplicate" and not self.reader.launch_started(one.run_id):
+                self.record(
+                    self._failed(one, "the run had started before its agent restarted; outcome unknown", status="lost")
                 )
-            )
+            elif outcome == "unreachable":
+                self.record(self._failed(one, f"node {node} could not be reached to start the run"))
 
     # -- manual runs -------------------------------------------------------------------------
     def run_now(self, job: dict[str, Any]) -> dict[str, Any]:
         """Commit a manual launch and dispatch it at once; returns its execution id and run id."""
         name = job["name"]
-        if job.get("concurrency") == "forbid" and name in self.runner.running_jobs():
+        if job.get("concurrency") == "forbid" and name in self.placement.running_jobs():
             raise RunRefused(f"job {name} is already running and its concurrency policy is forbid")
+        targets = self.placement.targets(job)
+        if not targets:
+            raise RunRefused(f"no alive node matches the tags of job {name}: {job.get('tags') or {}}")
         now = self._now_ms()
         suffix = uuid.uuid4().hex[:6]
         launch = {
             "job": name,
             "scheduled_ms": now,
             "kind": "manual",
-            "node": self.node_name,
+            "node": ",".join(targets),
             "run_id": f"{name}@manual-{now}-{suffix}",
-            "execution_id": f"{now * 1_000_000}-{self.node_name}",
+            "execution_id": f"{now * 1_000_000}",
         }
         result = self.write("launch", {"launches": [launch], "proposal": suffix, "now_ms": now})
         if launch["run_id"] not in (result or {}).get("accepted", ()):
@@ -448,4 +483,5 @@ class Scheduler:
         spec = self._spec(job, launch)
         spec.scheduled_ms = 0  # manual: no scheduled time
         self._queue(spec, now)
-        return {"execution_id": launch["execution_id"], "run_id": launch["run_id"]}
+        first = launch["node"].split(",")[0]
+        return {"execution_id": f"{spec.group}-{first}", "run_id": launch["run_id"]}

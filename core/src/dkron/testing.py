@@ -1,9 +1,32 @@
 """Test helpers for Dkron and its plugin authors (a pytest plugin, entry point ``pytest11``).
 
+Installing ``dkron-core`` makes these fixtures available to every pytest run; nothing to import.
+
 Fixtures:
-  ``dkron_agent``  a real single-node ``dkron agent`` process on free loopback ports, with a
-                   fresh data dir; stopped (and killed if it must be) after the test.
-  ``agent_factory`` builds more of them (or the same data dir again, for restart tests).
+  ``dkron_agent``    a real single-node ``dkron agent`` process on free loopback ports, with a
+                     fresh data dir; stopped (and killed if it must be) after the test.
+  ``agent_factory``  builds more of them (or the same data dir again, for restart tests).
+  ``dkron_plugins``  an :class:`IsolatedPluginHost`: a ``PluginHost`` holding only the plugins the
+                     test registers (installed entry points are never loaded). After
+                     ``dkron_plugins.register(module_or_obj, "name")`` its registries are built:
+                     ``dkron_plugins.executors.get("echo")``, ``dkron_plugins.infos["name"].error``.
+  ``run_executor``   the function :func:`run_executor`, for tests that prefer a fixture.
+
+Functions:
+  ``run_executor(executor, config, *, job_name="test", run_id=None, timeout=30, cancel=None)``
+      validates ``config`` with the executor's ``validate`` (a ``ConfigError`` propagates), runs
+      ``execute`` in a worker thread with a real ``CancelToken`` (cancelled after ``timeout``
+      seconds, or use your own ``cancel``) and an in-memory output sink, and returns
+      ``(ExecutionResult, output)`` with the output decoded as UTF-8. An exception raised by
+      ``execute`` propagates; an executor still running 5 s after its cancellation fails the test.
+  ``free_port()``    a free TCP port on 127.0.0.1.
+
+Packaging checks (what a user's ``pip install`` gets), for tests that build and install wheels:
+  ``find_uv()``, ``build_wheel(project_dir, out_dir)`` (``uv build --wheel`` of that project
+  alone), ``make_venv(path, *requirements)`` (a clean venv, no system site-packages, with the
+  requirements installed by ``uv pip install``; returns its ``bin`` dir) and ``clean_env()``
+  (this environment without variables that would leak the caller's packages or plugin choice).
+  ``AgentProcess(..., command=[str(bin_dir / "dkron")])`` runs the agent of such a venv.
 
 Everything here uses real processes and real sockets on 127.0.0.1 only.
 """
@@ -12,18 +35,44 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+
+from dkron.contracts import (
+    CancelToken,
+    ExecutionRequest,
+    ExecutionResult,
+    Executor,
+    ExecutorRegistry,
+    ProcessorRegistry,
+)
+from dkron.plugins import PluginHost, PluginInfo
+
+__all__ = [
+    "AgentProcess",
+    "HttpResult",
+    "IsolatedPluginHost",
+    "MemorySink",
+    "build_wheel",
+    "clean_env",
+    "find_uv",
+    "free_port",
+    "make_venv",
+    "run_executor",
+]
 
 
 def free_port() -> int:
@@ -54,16 +103,21 @@ class AgentProcess:
         *,
         node_name: str = "node1",
         extra_args: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         http_port: int | None = None,
         raft_port: int | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.node_name = node_name
         self.http_port = http_port or free_port()
         self.raft_port = raft_port or free_port()
         self.extra_args = extra_args
-        self.env = {**os.environ, **(env or {})}
+        #: How to invoke the CLI: this interpreter by default, or e.g. ``["/venv/bin/dkron"]`` to
+        #: run the agent of another environment.
+        self.command = tuple(command or (sys.executable, "-m", "dkron.cli"))
+        # The test's environment plus ``env``; a value of None removes that variable.
+        self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{node_name}.log"
 
@@ -73,9 +127,7 @@ class AgentProcess:
 
     def start(self, wait: float = 30.0) -> AgentProcess:
         args = [
-            sys.executable,
-            "-m",
-            "dkron.cli",
+            *self.command,
             "agent",
             "--server",
             "--bootstrap-expect",
@@ -184,3 +236,233 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def dkron_agent(agent_factory: Any) -> AgentProcess:
     return agent_factory().start()
+
+
+# -- plugins and executors in-process ----------------------------------------------------------
+
+
+class IsolatedPluginHost(PluginHost):
+    """A :class:`~dkron.plugins.PluginHost` with only the plugins a test registers.
+
+    Installed entry points are never loaded. Each :meth:`register` rebuilds the registries from
+    scratch through the core's own ``build_registries``, so a plugin is tested exactly as the
+    agent loads it (hook errors land in ``infos[name].error``, bad registrations are rejected).
+    """
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(dict(settings or {}))
+
+    def load_entry_points(self) -> None:
+        raise RuntimeError("IsolatedPluginHost never loads installed plugins; register() them instead")
+
+    def register(  # type: ignore[override]
+        self, plugin: ModuleType | object, name: str | None = None, info: PluginInfo | None = None
+    ) -> PluginInfo:
+        """Register ``plugin`` (a module or an object with ``dkron_*`` hooks), rebuild the registries.
+
+        ``name`` defaults to the module's (or the object's class's) name. Returns its
+        :class:`~dkron.plugins.PluginInfo`, whose ``error`` says why it was rejected, if it was.
+        """
+        if name is None:
+            name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        super().register(plugin, name, info)
+        self.build_registries()
+        return self.infos[name]
+
+    def build_registries(self) -> None:
+        """Build fresh registries from every registered plugin (safe to call again)."""
+        settings = self.executors.settings
+        self.executors = ExecutorRegistry(settings)
+        self.processors = ProcessorRegistry(settings)
+        for info in self.infos.values():
+            info.executors, info.processors = [], []
+            if info.error.startswith("dkron_"):  # a hook failure of the last build: run it again
+                info.error = ""
+        super().build_registries()
+
+
+@pytest.fixture
+def dkron_plugins() -> IsolatedPluginHost:
+    """A plugin host with no plugins; ``dkron_plugins.register(module, "name")`` adds yours."""
+    return IsolatedPluginHost()
+
+
+class MemorySink:
+    """An in-memory :class:`~dkron.contracts.OutputSink` (thread-safe); ``text`` decodes it."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def write(self, chunk: bytes | str) -> None:
+        data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+        with self._lock:
+            self._chunks.append(data)
+
+    @property
+    def data(self) -> bytes:
+        with self._lock:
+            return b"".join(self._chunks)
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+#: How long an executor may keep running after its cancel token was set before the test fails.
+CANCEL_GRACE = 5.0
+
+
+def run_executor(
+    executor: Executor | type,
+    config: Mapping[str, Any],
+    *,
+    job_name: str = "test",
+    run_id: str | None = None,
+    timeout: float = 30,
+    cancel: CancelToken | None = None,
+) -> tuple[ExecutionResult, str]:
+    """Validate ``config`` and run one execution like the agent does; return ``(result, output)``.
+
+    ``executor`` is an instance or a class (instantiated with no arguments). ``config`` values
+    should be strings, as the core passes them after coercing JSON numbers and booleans. The
+    executor's ``validate`` runs first and its ``ConfigError`` propagates. ``execute`` then runs in
+    a worker thread with a real :class:`~dkron.contracts.CancelToken`, cancelled with reason
+    ``"timeout <timeout>s exceeded"`` after ``timeout`` seconds (pass ``cancel`` to also cancel it
+    yourself). An exception from ``execute`` propagates; an executor that is still running
+    :data:`CANCEL_GRACE` seconds after being cancelled fails with ``AssertionError``.
+    """
+    instance = executor() if isinstance(executor, type) else executor
+    validated = instance.validate(dict(config))
+    request = ExecutionRequest(
+        job_name=job_name,
+        run_id=run_id if run_id is not None else f"{job_name}-run-1",
+        config=validated,
+        execution_id=f"{job_name}-execution-1",
+        node_name="test-node",
+    )
+    token = cancel if cancel is not None else CancelToken()
+    sink = MemorySink()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = instance.execute(request, sink, token)
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    timer = threading.Timer(timeout, token.cancel, args=(f"timeout {timeout:g}s exceeded",))
+    timer.daemon = True
+    worker = threading.Thread(target=work, name=f"run_executor-{job_name}", daemon=True)
+    timer.start()
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+            if token.cancelled:
+                worker.join(CANCEL_GRACE)
+                if worker.is_alive():
+                    raise AssertionError(
+                        f"executor still running {CANCEL_GRACE:g}s after it was cancelled ({token.reason}); "
+                        f"output so far: {sink.text[-500:]!r}"
+                    )
+    finally:
+        timer.cancel()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome.get("result")
+    if not isinstance(result, ExecutionResult):
+        raise AssertionError(f"execute() must return an ExecutionResult, got {result!r}")
+    return result, sink.text
+
+
+@pytest.fixture(name="run_executor")
+def _run_executor_fixture() -> Any:
+    """:func:`run_executor` as a fixture: ``result, output = run_executor(MyExecutor(), {...})``."""
+    return run_executor
+
+
+# -- packaging: build wheels and install them in clean venvs -------------------------------------
+
+#: Variables that would make a child process see other packages or another plugin selection.
+LEAKY_VARIABLES = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "VIRTUAL_ENV",
+    "PYTEST_ADDOPTS",
+    "PYTEST_PLUGINS",
+    "DKRON_LOAD_PLUGINS",
+    "DKRON_DISABLED_PLUGINS",
+)
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """``os.environ`` without :data:`LEAKY_VARIABLES`, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if k not in LEAKY_VARIABLES}
+    env.update(overrides)
+    return env
+
+
+def find_uv() -> str | None:
+    """The ``uv`` executable: ``$DKRON_UV``, then ``.tools/bin/uv`` of a parent of the cwd, then PATH."""
+    if os.environ.get("DKRON_UV"):
+        return os.environ["DKRON_UV"]
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        candidate = folder / ".tools" / "bin" / "uv"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("uv")
+
+
+def _run(args: Sequence[str | Path], what: str, timeout: float, cwd: Path | None = None) -> str:
+    command = [str(a) for a in args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{what} did not finish within {timeout:g}s: {' '.join(command)}") from exc
+    if done.returncode != 0:
+        raise AssertionError(f"{what} failed ({done.returncode}): {' '.join(command)}\n{done.stdout}{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def build_wheel(project_dir: Path, out_dir: Path, *, uv: str | None = None, timeout: float = 120) -> Path:
+    """``uv build --wheel`` the project in ``project_dir`` alone into ``out_dir``; return the wheel."""
+    uv = uv or find_uv()
+    if uv is None:
+        raise RuntimeError("uv is not installed (scripts/dev setup installs it in .tools/)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    before = set(out_dir.glob("*.whl"))
+    # The cwd is out_dir so that no uv.toml or workspace setting of the caller applies.
+    args = [uv, "build", "--wheel", "--quiet", "--out-dir", out_dir.resolve(), Path(project_dir).resolve()]
+    _run(args, "uv build", timeout, cwd=out_dir)
+    built = sorted(set(out_dir.glob("*.whl")) - before)
+    if len(built) != 1:
+        raise AssertionError(f"uv build of {project_dir} produced {built}, expected one wheel")
+    return built[0]
+
+
+def make_venv(
+    path: Path, *requirements: str | Path, uv: str | None = None, python: str | None = None, timeout: float = 300
+) -> Path:
+    """Create a clean venv at ``path`` and ``uv pip install`` ``requirements`` (wheels or names) in it.
+
+    The venv has no system site-packages and no pip (``uv pip`` installs into it); dependencies
+    come from the package index. Returns the venv's ``bin`` directory.
+    """
+    uv = uv or find_uv()
+    if uv is None:
+        raise RuntimeError("uv is not installed (scripts/dev setup installs it in .tools/)")
+    path = Path(path)
+    base = python or getattr(sys, "_base_executable", None) or sys.executable
+    _run([base, "-m", "venv", "--without-pip", path], "python -m venv", 60)
+    bin_dir = path / "bin"
+    if requirements:
+        _run(
+            [uv, "pip", "install", "--quiet", "--python", bin_dir / "python", *requirements],
+            "uv pip install",
+            timeout,
+            cwd=path,
+        )
+    return bin_dir

@@ -16,7 +16,7 @@ def _with_live_output(execution: dict[str, Any]) -> dict[str, Any]:
     """A running execution's output comes from the runner's live tail, not the stored record."""
     if execution["status"] != "running":
         return execution
-    for live in agent().runner.active():
+    for live in agent().busy():
         if live["id"] == execution["id"] and live["job_name"] == execution["job_name"]:
             return {**execution, "output": live["output"]}
     return execution
@@ -53,9 +53,7 @@ def get_execution(job_name: str, execution_id: str) -> Response:
     execution = agent().reader.get_execution(job_name, execution_id)
     if execution is None:
         # Just started: its record may not be committed yet, but the runner already has it.
-        execution = next(
-            (e for e in agent().runner.active() if e["id"] == execution_id and e["job_name"] == job_name), None
-        )
+        execution = next((e for e in agent().busy() if e["id"] == execution_id and e["job_name"] == job_name), None)
     if execution is None:
         raise ApiError(f"execution not found: {execution_id} of job {job_name}", 404)
     return json_response(_with_live_output(execution))
@@ -65,7 +63,8 @@ def get_execution(job_name: str, execution_id: str) -> Response:
 @store_errors
 def kill_execution(job_name: str, execution_id: str) -> Response:
     load_job(job_name)
-    running = any(e["id"] == execution_id and e["job_name"] == job_name for e in agent().runner.active())
-    if not running or not agent().runner.kill(job_name, execution_id, "killed through the API"):
+    node = agent()
+    running = any(e["id"] == execution_id and e["job_name"] == job_name for e in node.busy())
+    if not running or not node.kill(job_name, execution_id, "killed through the API"):
         raise ApiError(f"execution {execution_id} of job {job_name} is not running", 404)
     return json_response({"killed": True, "id": execution_id, "job_name": job_name}, 202)

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from dkron.api.app import ApiError, agent, json_response, read_json
+from dkron.cluster.node import ForwardError
 from dkron.jobs import JobValidationError, format_time, parse_time, validate_job
 from dkron.schedule import parse_schedule
 from dkron.scheduler import RunRefused
@@ -147,7 +148,7 @@ def _save_job(payload: Any, path_name: str | None = None) -> Response:
     body = public(stored)
     if "runoncreate" in request.args:
         try:
-            body.update(node.scheduler.run_now(stored))
+            body.update(node.run_now(stored))
         except RunRefused as exc:  # the job is saved; only the immediate run was refused
             raise ApiError(f"job {job['name']} was saved but not run: {exc}", 409) from None
     location = f"/v1/jobs/{job['name']}"
@@ -186,12 +187,12 @@ def delete_job(job_name: str) -> Response:
 def run_job(job_name: str) -> Response:
     node = agent()
     job = load_job(job_name)
-    if not node.is_leader:
-        raise ApiError("this server is not the leader; send the request to the leader", 503)
     try:
-        started = node.scheduler.run_now(job)
+        started = node.run_now(job)  # on a follower, forwarded to the leader
     except RunRefused as exc:
         raise ApiError(str(exc), 409) from None
+    except ForwardError as exc:
+        raise ApiError(str(exc), exc.status) from None
     # The launch is committed and queued, but its execution record is committed a few ms later (by
     # the runner, through the recorder's batches). Wait briefly for it, so that the Location answered
     # below resolves at once instead of a 404.

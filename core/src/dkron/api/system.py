@@ -72,7 +72,7 @@ def members() -> Response:
 
 @bp.get("/v1/busy")
 def busy() -> Response:
-    items = sorted(agent().runner.active(), key=lambda e: e["started_at"] or "")
+    items = sorted(agent().busy(), key=lambda e: e["started_at"] or "")
     return json_response(items, headers={"X-Total-Count": str(len(items))})
 
 

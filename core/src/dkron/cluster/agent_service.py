@@ -11,24 +11,18 @@ from __future__ import annotations
 import logging
 import queue
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
 
+from dkron.cluster.delivery import _ms
 from dkron.proto import agent_pb2, agent_pb2_grpc
 from dkron.runner import Runner, RunSpec
 
 log = logging.getLogger(__name__)
 
 OUTPUT_POLL = 0.2  # seconds between output chunks on the stream
-
-
-def _ms(iso: str | None) -> int:
-    if not iso:
-        return 0
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def spec_from_request(request: agent_pb2.AgentRunRequest, node_name: str) -> RunSpec:

@@ -51,7 +51,6 @@ class Node:
             },
             "Status": {"alive": 1, "left": 3, "failed": 4}.get(self.status, 0),
             "statusText": self.status,
-            "server": self.is_server,
             "leader": self.name == leader_name,
         }
 
@@ -100,6 +99,24 @@ class Membership:
             node.last_seen = self.clock()
             node.running = tuple(running)
             return node
+
+    def reset(self, registered: Iterable[Mapping[str, Any]]) -> None:
+        """A new leader starts from the registered nodes, all presumed alive: a node that is
+        really gone is marked failed one ``timeout`` later, like any silent node."""
+        now = self.clock()
+        with self._lock:
+            self._nodes = {
+                n["name"]: Node(
+                    n["name"],
+                    n["rpc_addr"],
+                    dict(n["tags"]),
+                    n["is_server"],
+                    n.get("version", ""),
+                    "left" if n.get("status") == "left" else "alive",
+                    now,
+                )
+                for n in registered
+            }
 
     def leave(self, name: str) -> bool:
         with self._lock:

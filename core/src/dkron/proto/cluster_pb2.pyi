@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node_name", "rpc_addr", "tags", "version", "is_server")
+    __slots__ = ("node_name", "rpc_addr", "tags", "version", "is_server", "raft_addr")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,24 +22,28 @@ class RegisterRequest(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IS_SERVER_FIELD_NUMBER: _ClassVar[int]
+    RAFT_ADDR_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     rpc_addr: str
     tags: _containers.ScalarMap[str, str]
     version: str
     is_server: bool
-    def __init__(self, node_name: _Optional[str] = ..., rpc_addr: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., is_server: _Optional[bool] = ...) -> None: ...
+    raft_addr: str
+    def __init__(self, node_name: _Optional[str] = ..., rpc_addr: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., is_server: _Optional[bool] = ..., raft_addr: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("accepted", "leader_addr", "heartbeat_interval_ms", "message")
+    __slots__ = ("accepted", "leader_addr", "heartbeat_interval_ms", "message", "servers")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDR_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     leader_addr: str
     heartbeat_interval_ms: int
     message: str
-    def __init__(self, accepted: _Optional[bool] = ..., leader_addr: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    servers: _containers.RepeatedCompositeFieldContainer[ServerInfo]
+    def __init__(self, accepted: _Optional[bool] = ..., leader_addr: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., message: _Optional[str] = ..., servers: _Optional[_Iterable[_Union[ServerInfo, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_name", "running_execution_ids", "load")
@@ -164,3 +168,13 @@ class ForwardWriteResponse(_message.Message):
     error: str
     http_status: int
     def __init__(self, ok: _Optional[bool] = ..., result_json: _Optional[bytes] = ..., error: _Optional[str] = ..., http_status: _Optional[int] = ...) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("node_name", "rpc_addr", "raft_addr")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RPC_ADDR_FIELD_NUMBER: _ClassVar[int]
+    RAFT_ADDR_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    rpc_addr: str
+    raft_addr: str
+    def __init__(self, node_name: _Optional[str] = ..., rpc_addr: _Optional[str] = ..., raft_addr: _Optional[str] = ...) -> None: ...

@@ -197,6 +197,10 @@ class Reader:
         rows = self.db.execute("SELECT * FROM launches WHERE scheduled_ms >= ? AND started = 0", (since_ms,)).fetchall()
         return [dict(row) for row in rows]
 
+    def nodes(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM nodes ORDER BY name").fetchall()
+        return [{**dict(row), "tags": json.loads(row["tags"]), "is_server": bool(row["is_server"])} for row in rows]
+
     def meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default

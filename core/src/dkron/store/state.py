@@ -91,6 +91,15 @@ CREATE TABLE IF NOT EXISTS launches (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS launches_run ON launches(run_id);
 CREATE INDEX IF NOT EXISTS launches_created ON launches(created_ms);
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    rpc_addr TEXT NOT NULL,
+    tags TEXT NOT NULL DEFAULT '{}',
+    is_server INTEGER NOT NULL DEFAULT 0,
+    version TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'alive',
+    updated_at TEXT
+);
 """
 
 FINAL_STATUSES = ("success", "failed", "skipped", "missed", "lost")
@@ -135,6 +144,8 @@ class StateMachine:
             "record": self._record,
             "delete_executions": self._delete_executions,
             "set_meta": self._set_meta,
+            "upsert_node": self._upsert_node,
+            "node_left": self._node_left,
             "noop": lambda payload: None,
         }
 
@@ -385,6 +396,31 @@ class StateMachine:
             (name,),
         )
         return {"deleted": name}
+
+    # -- nodes (registrations; liveness from heartbeats stays in the leader's memory) ----------
+    def _upsert_node(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.db.execute(
+            """INSERT INTO nodes(name, rpc_addr, tags, is_server, version, status, updated_at)
+               VALUES (?,?,?,?,?, 'alive', ?)
+               ON CONFLICT(name) DO UPDATE SET rpc_addr=excluded.rpc_addr, tags=excluded.tags,
+                   is_server=excluded.is_server, version=excluded.version, status='alive',
+                   updated_at=excluded.updated_at""",
+            (
+                payload["name"],
+                payload["rpc_addr"],
+                json.dumps(payload.get("tags") or {}, sort_keys=True),
+                int(bool(payload.get("is_server"))),
+                payload.get("version", ""),
+                payload.get("now"),
+            ),
+        )
+        return {"ok": True}
+
+    def _node_left(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.db.execute(
+            "UPDATE nodes SET status='left', updated_at=? WHERE name=?", (payload.get("now"), payload["name"])
+        )
+        return {"ok": True}
 
     def _set_meta(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.db.execute(

@@ -1,0 +1,150 @@
+"""``ClusterService``: what servers serve to other nodes.
+
+Nodes register and heartbeat here (the leader keeps the membership; a follower answers with the
+leader's address so the node retargets). Agents deliver results here when the stream to the
+leader that dispatched them broke. Followers forward the writes that need the leader.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from dkron import __version__
+from dkron.jobs import format_time
+from dkron.proto import cluster_pb2, cluster_pb2_grpc
+
+if TYPE_CHECKING:
+    from dkron.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+def _iso(ms: int) -> str | None:
+    return format_time(datetime.fromtimestamp(ms / 1000, UTC)) if ms else None
+
+
+def record_from_done(req: cluster_pb2.ExecutionDoneRequest) -> dict[str, Any]:
+    """The execution record an agent reports with ``ExecutionDone``."""
+    return {
+        "id": req.execution_id,
+        "job_name": req.job_name,
+        "run_id": req.run_id,
+        "node_name": req.node_name,
+        "attempt": req.attempt or 1,
+        "scheduled_at": _iso(req.scheduled_at_ms),
+        "started_at": _iso(req.started_at_ms),
+        "finished_at": _iso(req.finished_at_ms),
+        "status": "success" if req.success else "failed",
+        "success": req.success,
+        "error": req.error,
+        "exit_code": req.exit_code if req.HasField("exit_code") else None,
+        "output": req.output_tail.decode("utf-8", "replace"),
+        "output_truncated": req.output_truncated,
+        "output_bytes": req.output_bytes_total,
+    }
+
+
+class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
+    def __init__(self, agent: Agent, forward_handlers: dict[str, Callable[[dict[str, Any]], Any]]) -> None:
+        self.agent = agent
+        self.forward_handlers = forward_handlers
+
+    def _not_leader(self, context: grpc.ServicerContext) -> None:
+        leader = self.agent.cluster.leader_rpc_addr() or ""
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not the leader; leader={leader}")
+
+    def Register(self, request: cluster_pb2.RegisterRequest, context: grpc.ServicerContext) -> Any:
+        cluster = self.agent.cluster
+        if request.is_server and request.raft_addr:
+            cluster.learn_server(request.node_name, request.rpc_addr, request.raft_addr)
+        if self.agent.raft is not None:
+            self._persist(request)
+        if self.agent.is_leader:
+            cluster.membership.heartbeat(
+                request.node_name,
+                request.rpc_addr,
+                dict(request.tags),
+                is_server=request.is_server,
+                version=request.version,
+            )
+        return cluster_pb2.RegisterResponse(
+            accepted=True,
+            leader_addr=cluster.leader_rpc_addr() or "",
+            heartbeat_interval_ms=int(cluster.heartbeat_interval * 1000),
+            message=f"registered with {self.agent.node_name} (dkron {__version__})",
+            servers=[
+                cluster_pb2.ServerInfo(node_name=n, rpc_addr=s["rpc_addr"], raft_addr=s["raft_addr"])
+                for n, s in sorted(cluster.servers.items())
+            ],
+        )
+
+    def _persist(self, request: cluster_pb2.RegisterRequest) -> None:
+        self.agent.persist_node(
+            request.node_name,
+            request.rpc_addr,
+            dict(request.tags),
+            is_server=request.is_server,
+            version=request.version,
+        )
+
+    def Heartbeat(self, request: cluster_pb2.HeartbeatRequest, context: grpc.ServicerContext) -> Any:
+        cluster = self.agent.cluster
+        leader = cluster.leader_rpc_addr() or ""
+        if not self.agent.is_leader:
+            return cluster_pb2.HeartbeatResponse(leader_addr=leader, ok=False)
+        node = cluster.membership.get(request.node_name)
+        if node is None:  # a new leader that has not heard from this node: ask it to register
+            return cluster_pb2.HeartbeatResponse(leader_addr=leader, ok=False)
+        cluster.membership.heartbeat(
+            node.name, node.rpc_addr, None, is_server=node.is_server, running=request.running_execution_ids
+        )
+        return cluster_pb2.HeartbeatResponse(leader_addr=leader, ok=True)
+
+    def ExecutionDone(self, request: cluster_pb2.ExecutionDoneRequest, context: grpc.ServicerContext) -> Any:
+        if not self.agent.is_leader:
+            self._not_leader(context)
+        self.agent.recorder.add(record_from_done(request))
+        return cluster_pb2.Ack(node_name=self.agent.node_name, message="recorded")
+
+    def Leave(self, request: cluster_pb2.LeaveRequest, context: grpc.ServicerContext) -> Any:
+        left = self.agent.cluster.membership.leave(request.node_name)
+        try:
+            self.agent.write("node_left", {"name": request.node_name, "now": format_time(datetime.now(UTC))}, timeout=5)
+        except Exception as exc:
+            log.warning("could not record that %s left: %s", request.node_name, exc)
+        return cluster_pb2.Ack(node_name=self.agent.node_name, message="left" if left else "unknown node")
+
+    def RaftListPeers(self, request: empty_pb2.Empty, context: grpc.ServicerContext) -> Any:
+        return cluster_pb2.RaftPeers(peers=[cluster_pb2.RaftPeer(**peer) for peer in self.agent.cluster.raft_peers()])
+
+    def RaftRemovePeer(self, request: cluster_pb2.RemovePeerRequest, context: grpc.ServicerContext) -> Any:
+        if not self.agent.is_leader:
+            self._not_leader(context)
+        target = request.address or request.node_name
+        try:
+            message = self.agent.cluster.remove_server(target)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return cluster_pb2.Ack(node_name=self.agent.node_name, message=message)
+
+    def ForwardWrite(self, request: cluster_pb2.ForwardWriteRequest, context: grpc.ServicerContext) -> Any:
+        if not self.agent.is_leader:
+            self._not_leader(context)
+        handler = self.forward_handlers.get(request.command)
+        if handler is None:
+            return cluster_pb2.ForwardWriteResponse(
+                ok=False, error=f"unknown command {request.command}", http_status=400
+            )
+        try:
+            result = handler(json.loads(request.payload_json or b"{}"))
+        except Exception as exc:  # the handler's error is the caller's answer, with its status
+            status = getattr(exc, "status", 500)
+            return cluster_pb2.ForwardWriteResponse(ok=False, error=str(exc), http_status=status)
+        return cluster_pb2.ForwardWriteResponse(ok=True, result_json=json.dumps(result).encode())

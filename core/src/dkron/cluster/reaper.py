@@ -1,0 +1,107 @@
+"""The leader's check that every "running" execution still has a live node running it.
+
+Dkron leaves executions "running" forever when their agent dies, which then blocks
+``concurrency: forbid`` jobs for good. Here, once a second, the leader marks an execution lost
+when its node stopped heartbeating (``failed``/``left``), or when its node is alive but no
+longer reports it (the agent restarted), after a grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dkron.cluster.membership import Membership
+from dkron.jobs import format_time
+from dkron.runner import Runner
+from dkron.store.queries import Reader
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        membership: Membership,
+        reader: Reader,
+        runner: Runner,
+        record: Callable[[dict[str, Any]], None],
+        is_leader: Callable[[], bool],
+        grace: float,
+        interval: float = 1.0,
+    ) -> None:
+        self.node_name = node_name
+        self.membership = membership
+        self.reader = reader
+        self.runner = runner
+        self.record = record
+        self.is_leader = is_leader
+        self.grace = grace
+        self.interval = interval
+        self._stop = threading.Event()
+        self._reported: set[tuple[str, str]] = set()
+        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.is_leader():
+                self._reported.clear()
+                continue
+            try:
+                self.reap()
+            except Exception:
+                log.exception("reaper pass failed")
+
+    def reap(self) -> int:
+        for node in self.membership.expire():
+            log.warning("node %s stopped heartbeating: marked failed", node.name)
+        now = datetime.now(UTC)
+        settled = format_time(now - timedelta(seconds=self.grace)) or ""
+        reaped = 0
+        for ex in self.reader.running_executions():
+            key = (ex["job_name"], ex["id"])
+            if key in self._reported:
+                continue
+            reason = self._lost_reason(ex, settled)
+            if reason is None:
+                continue
+            self._reported.add(key)
+            reaped += 1
+            log.warning("execution %s of %s lost: %s", ex["id"], ex["job_name"], reason)
+            self.record(
+                {
+                    **ex,
+                    "status": "lost",
+                    "success": False,
+                    "finished_at": format_time(now),
+                    "error": reason,
+                    "output": f"{reason}\n{ex.get('output') or ''}",
+                }
+            )
+        return reaped
+
+    def _lost_reason(self, ex: dict[str, Any], settled: str) -> str | None:
+        if (ex.get("started_at") or "") > settled:
+            return None  # too recent: its node may not have reported it in a heartbeat yet
+        if ex["node_name"] == self.node_name:
+            if self.runner.is_running(ex["job_name"], ex["id"]):
+                return None
+            return f"node {self.node_name} is no longer running it (it restarted); outcome unknown"
+        node = self.membership.get(ex["node_name"])
+        if node is None or node.status in ("failed", "left"):
+            state = node.status if node else "unknown"
+            return f"node {ex['node_name']} is {state} (no heartbeat); the run's outcome is unknown"
+        if ex["id"] not in node.running:
+            return f"node {ex['node_name']} no longer reports this run (it restarted); outcome unknown"
+        return None
