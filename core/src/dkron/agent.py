@@ -19,10 +19,11 @@ import grpc
 
 from dkron import __version__
 from dkron.cluster.agent_service import AgentServicer
-from dkron.cluster.cluster_service import ClusterServicer
+from dkron.cluster.cluster_service import ClusterServicer, LeaveServicer
 from dkron.cluster.dispatch import ClusterPlacement
 from dkron.cluster.node import Cluster
 from dkron.cluster.reaper import Reaper
+from dkron.cluster.security import identity_for
 from dkron.config import split_addr
 from dkron.jobs import format_time
 from dkron.ledger import RunLedger
@@ -60,6 +61,8 @@ class Agent:
         self._stopped = threading.Event()
         self._done = threading.Event()
         self._paused_submissions = False
+        #: Mutual-TLS identity for gRPC, derived from the cluster key (None: plaintext, loopback only).
+        self.identity = identity_for(config["encrypt"]) if config["encrypt"] else None
 
     # -- start -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -74,6 +77,7 @@ class Agent:
             data_dir=self.data_dir,
             running_ids=lambda: [e["id"] for e in self.runner.active()],
             heartbeat_interval=HEARTBEAT_INTERVAL,
+            identity=self.identity,
             failure_timeout=FAILURE_TIMEOUT,
         )
         if self.is_server:
@@ -113,11 +117,13 @@ class Agent:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.runner, self.node_name, self.cluster.deliver), server
         )
-        if self.is_server:
-            cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
-                ClusterServicer(self, {"run_job": self._forwarded_run}), server
-            )
-        if server.add_insecure_port(self.rpc_addr) == 0:
+        servicer = ClusterServicer(self, {"run_job": self._forwarded_run}) if self.is_server else LeaveServicer(self)
+        cluster_pb2_grpc.add_ClusterServiceServicer_to_server(servicer, server)
+        if self.identity is not None:
+            bound = server.add_secure_port(self.rpc_addr, self.identity.server_credentials())
+        else:
+            bound = server.add_insecure_port(self.rpc_addr)
+        if bound == 0:
             raise RuntimeError(f"cannot bind gRPC to {self.rpc_addr}: address in use or not local")
         server.start()
         self.grpc_server = server
@@ -287,6 +293,7 @@ class Agent:
         log.info("stopping: waiting up to %.0fs for running executions", self.config["shutdown-timeout"])
         if self.is_server:
             self.scheduler.set_leader(False)
+            self._hand_over_leadership()
         self.runner.shutdown(self.config["shutdown-timeout"])
         if self.is_server:
             self.recorder.stop(timeout=10)
@@ -303,6 +310,16 @@ class Agent:
         self.runner.ledger.close()
         log.info("stopped")
         self._done.set()
+
+    def _hand_over_leadership(self) -> None:
+        """A leader that stops first hands leadership over, so scheduling moves at once instead
+        of after an election timeout. Bounded: a lone server has no one to hand over to."""
+        if self.raft is None or not self.is_leader or not self.raft.otherNodes:
+            return
+        self.raft.transferLeadership()
+        deadline = time.monotonic() + 2.0
+        while self.is_leader and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def wait(self) -> None:
         """Block until :meth:`stop` has finished (records committed, Raft flushed)."""

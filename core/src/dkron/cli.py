@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# gRPC's C core logs every failed TLS handshake to stderr; our own log says it once, clearly.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import base64
 import json
@@ -15,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dkron import __version__
+from dkron import __version__, cli_cluster
 from dkron.config import OPTIONS, ConfigError, env_name, resolve
 
 log = logging.getLogger("dkron")
@@ -81,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keygen", help="print a new random cluster key for --encrypt")
     plugins = sub.add_parser("plugins", help="list installed plugins as JSON")
     plugins.add_argument("--all", action="store_true", help="(kept for compatibility; every plugin is listed)")
+    cli_cluster.add_parsers(sub)
     return parser
 
 
@@ -103,7 +109,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError) as exc:
         print(f"dkron agent: cannot start: {exc}", file=sys.stderr)
         return 1
-    log.warning("ACLs are off: anyone who can reach %s can create jobs that run commands", config["http-addr"])
+    if config["server"]:  # only servers serve the HTTP API
+        log.warning("ACLs are off: anyone who can reach %s can create jobs that run commands", config["http-addr"])
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -117,9 +124,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent.wait()
-    # Agent.wait() returns as soon as a stop *begins* (signal or POST /v1/leave). pysyncobj's tick
-    # thread ends with the thread that built the node (this one), and the stop still commits the
-    # final execution records through Raft: stay until the stop has destroyed the node.
+    # pysyncobj's tick thread ends with the thread that built the node (this one), and a stop still
+    # commits the final execution records through Raft: never leave before the stop has destroyed
+    # the node, even if wait() returned when the stop began (signal or POST /v1/leave).
     while agent.raft is not None and agent.raft.tick_thread_alive():
         time.sleep(0.05)
     return 0
@@ -145,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "plugins":
         return cmd_plugins()
+    if args.command in ("leave", "raft"):
+        return cli_cluster.run(args)
     parser.print_help(sys.stderr)
     return 2
 

@@ -87,9 +87,20 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("shutdown-timeout", "duration", 30.0, "on SIGTERM, let running executions finish this long"),
     Option("max-concurrent-runs", "int", 64, "executions running at once on this node"),
+    # SMTP for the email processor (Dkron's mail-* options, plus mail-tls/mail-timeout/mail-ca-file).
+    Option("mail-host", "str", "", "SMTP server host for e-mail reports (empty = no e-mail)"),
+    Option("mail-port", "int", 0, "SMTP server port (0 = 587 for starttls, 465 for tls, 25 for none)"),
+    Option("mail-username", "str", "", "SMTP user name (AUTH only when set)"),
+    Option("mail-password", "str", "", "SMTP password (prefer the env var: flags show in ps)"),
+    Option("mail-from", "str", "", "From address of e-mail reports"),
+    Option("mail-subject-prefix", "str", "[Dkron]", "prefix of e-mail report subjects"),
+    Option("mail-tls", "str", "starttls", "SMTP transport security: starttls, tls (SMTPS) or none"),
+    Option("mail-timeout", "duration", 10.0, "SMTP connect and I/O timeout"),
+    Option("mail-ca-file", "str", "", "PEM CA bundle to verify the SMTP server with (default: system CAs)"),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+MAIL_TLS_MODES = ("starttls", "tls", "none")
 
 
 def env_name(option: str) -> str:
@@ -219,7 +230,21 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         config["retention-age-seconds"] = parse_duration(config["retention-age"], "retention-age")
     else:
         config["retention-age-seconds"] = 0.0
+    if config["mail-port"] and not 0 < config["mail-port"] < 65536:
+        raise ConfigError("mail-port: must be a port number 1-65535 (or 0 for the default)")
+    config["mail-tls"] = config["mail-tls"].strip().lower()
+    if config["mail-tls"] not in MAIL_TLS_MODES:
+        raise ConfigError(f"mail-tls: must be one of starttls, tls, none (got {config['mail-tls']!r})")
+    if config["mail-timeout"] <= 0:
+        raise ConfigError("mail-timeout: must be > 0")
     split_addr(config["http-addr"], "http-addr")
+    if config["encrypt"]:
+        from dkron.cluster.security import ClusterKeyError, decode_key
+
+        try:
+            decode_key(config["encrypt"])
+        except ClusterKeyError as exc:
+            raise ConfigError(str(exc)) from None
     if not _is_loopback(config["bind-addr"]) and not config["encrypt"] and not config["insecure-bind"]:
         raise ConfigError(
             f"bind-addr {config['bind-addr']} is not a loopback address: cluster traffic would be "

@@ -6,6 +6,7 @@ import threading
 
 import grpc
 
+from dkron.cluster.security import CLUSTER_NAME, Identity
 from dkron.proto import agent_pb2_grpc, cluster_pb2_grpc
 
 #: Options for every channel: fail fast on a dead peer instead of waiting minutes.
@@ -19,7 +20,10 @@ CHANNEL_OPTIONS = [
 
 
 class Channels:
-    def __init__(self) -> None:
+    """``identity`` (from the cluster key) makes every channel mutual TLS; None = plaintext."""
+
+    def __init__(self, identity: Identity | None = None) -> None:
+        self.identity = identity
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -27,7 +31,7 @@ class Channels:
         with self._lock:
             channel = self._channels.get(addr)
             if channel is None:
-                channel = self._channels[addr] = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+                channel = self._channels[addr] = open_channel(addr, self.identity)
             return channel
 
     def agent(self, addr: str) -> agent_pb2_grpc.AgentServiceStub:
@@ -41,3 +45,10 @@ class Channels:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+
+def open_channel(addr: str, identity: Identity | None) -> grpc.Channel:
+    if identity is None:
+        return grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", CLUSTER_NAME)]
+    return grpc.secure_channel(addr, identity.channel_credentials(), options=options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,8 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         return cluster_pb2.Ack(node_name=self.agent.node_name, message="recorded")
 
     def Leave(self, request: cluster_pb2.LeaveRequest, context: grpc.ServicerContext) -> Any:
+        if request.node_name in ("", self.agent.node_name):
+            return stop_soon(self.agent)  # `dkron leave`: this node leaves and stops
         left = self.agent.cluster.membership.leave(request.node_name)
         try:
             self.agent.write("node_left", {"name": request.node_name, "now": format_time(datetime.now(UTC))}, timeout=5)
@@ -148,3 +151,19 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
             status = getattr(exc, "status", 500)
             return cluster_pb2.ForwardWriteResponse(ok=False, error=str(exc), http_status=status)
         return cluster_pb2.ForwardWriteResponse(ok=True, result_json=json.dumps(result).encode())
+
+
+def stop_soon(agent: Agent) -> cluster_pb2.Ack:
+    """Answer first, then stop gracefully (running executions may finish)."""
+    threading.Timer(0.2, agent.stop).start()
+    return cluster_pb2.Ack(node_name=agent.node_name, message=f"{agent.node_name} is leaving")
+
+
+class LeaveServicer(cluster_pb2_grpc.ClusterServiceServicer):
+    """What a client agent (not a server) serves of ClusterService: ``dkron leave``."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def Leave(self, request: cluster_pb2.LeaveRequest, context: grpc.ServicerContext) -> Any:
+        return stop_soon(self.agent)

@@ -26,6 +26,7 @@ import grpc
 from dkron import __version__
 from dkron.cluster.channels import Channels
 from dkron.cluster.membership import Membership
+from dkron.cluster.security import Identity
 from dkron.proto import cluster_pb2
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Cluster:
         running_ids: Callable[[], list[str]],
         heartbeat_interval: float = 1.0,
         failure_timeout: float = 5.0,
+        identity: Identity | None = None,
     ) -> None:
         self.node_name = node_name
         self.rpc_addr = rpc_addr
@@ -63,13 +65,14 @@ class Cluster:
         self.data_dir = data_dir
         self.running_ids = running_ids
         self.heartbeat_interval = heartbeat_interval
-        self.channels = Channels()
+        self.channels = Channels(identity)
         self.membership = Membership(timeout=failure_timeout)
         self.servers: dict[str, dict[str, str]] = self._load_servers()
         if raft_addr:
             self.servers[node_name] = {"rpc_addr": rpc_addr, "raft_addr": raft_addr}
         self.raft: Any = None  # set by the agent once Raft runs (servers)
         self._leader_hint = ""
+        self._tls_warned: set[str] = set()
         self._stop = threading.Event()
         self._outbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -119,7 +122,7 @@ class Cluster:
         try:
             response = self.channels.cluster(addr).Register(request, timeout=RPC_TIMEOUT)
         except grpc.RpcError as exc:
-            log.debug("register with %s failed: %s", addr, exc.code())
+            self._diagnose(addr, exc)
             return None
         for server in response.servers:
             if server.node_name not in self.servers:
@@ -127,6 +130,16 @@ class Cluster:
         if response.leader_addr:
             self._leader_hint = response.leader_addr
         return response
+
+    def _diagnose(self, addr: str, exc: grpc.RpcError) -> None:
+        """Log why a server cannot be reached, once per address for a key mismatch."""
+        details = (exc.details() or "") if hasattr(exc, "details") else ""
+        if ("handshake" in details.lower() or "ssl" in details.lower()) and addr not in self._tls_warned:
+            # A wrong key fails silently in pysyncobj; here it is said once, clearly.
+            self._tls_warned.add(addr)
+            log.error("TLS handshake with %s failed: do both nodes use the same --encrypt key? (%s)", addr, details)
+        else:
+            log.debug("%s did not answer: %s", addr, exc.code() if hasattr(exc, "code") else exc)
 
     def bootstrap_partners(self, expect: int, timeout: float | None) -> list[str]:
         """Raft addresses of the other servers: from cluster.json, or gathered via --join."""
@@ -179,7 +192,8 @@ class Cluster:
                     cluster_pb2.HeartbeatRequest(node_name=self.node_name, running_execution_ids=self.running_ids()),
                     timeout=RPC_TIMEOUT,
                 )
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
+                self._diagnose(addr, exc)
                 continue
             if response.leader_addr:
                 self._leader_hint = response.leader_addr
@@ -191,6 +205,15 @@ class Cluster:
         return False
 
     def _heartbeat_loop(self) -> None:
+        # Register with the first server that answers, so the cluster knows our tags at once.
+        for addr in self._candidates():
+            if self._register_with(addr) is not None:
+                log.info("registered with %s", addr)
+                break
+        else:
+            log.warning(
+                "no server answered at %s yet; retrying every %.0fs", self._candidates(), self.heartbeat_interval
+            )
         while not self._stop.wait(self.heartbeat_interval):
             try:
                 self._heartbeat_once()
