@@ -58,6 +58,7 @@ def test_a_minimal_job_gets_every_default():
         "parent_job": "",
         "processors": {},
         "concurrency": "allow",
+        "catchup": "latest",
         "executor": "shell",
         "executor_config": {"command": "date"},
         "ephemeral": False,
@@ -372,3 +373,14 @@ def test_text_fields_have_a_length_limit(field, limit):
     assert validate(**{field: "x" * limit})[field] == "x" * limit
     err = rejected(**{field: "x" * (limit + 1)})
     assert err.field == field and str(limit) in str(err)
+
+
+
+@pytest.mark.parametrize("policy", ["latest", "none", "all"])
+def test_catchup_policies_are_accepted(policy):
+    assert validate(catchup=policy)["catchup"] == policy
+
+
+def test_an_unknown_catchup_policy_names_the_field():
+    err = rejected(catchup="sometimes")
+    assert err.field == "catchup" and "latest, none, all" in str(err)

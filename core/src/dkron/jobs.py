@@ -44,6 +44,8 @@ COMPUTED_FIELDS = frozenset(
     }
 )
 CONCURRENCY_POLICIES = ("allow", "forbid")
+#: What runs when scheduling resumes after ticks were missed (leader change, full outage).
+CATCHUP_POLICIES = ("latest", "none", "all")
 MAX_NAME_LENGTH = 200
 MAX_RETRIES = 100
 _TEXT_LIMITS = {"displayname": 500, "owner": 500, "owner_email": 500}
@@ -209,6 +211,14 @@ def _processors(payload: Mapping[str, Any], processors: ProcessorRegistry) -> di
     return out
 
 
+def _choice(payload: Mapping[str, Any], field: str, allowed: tuple[str, ...]) -> str:
+    """An enumerated string field; empty or absent means the first (default) value."""
+    value = _text(payload, field) or allowed[0]
+    if value not in allowed:
+        raise JobValidationError(f"{field} must be one of {', '.join(allowed)}, got {value!r}", field)
+    return value
+
+
 def _retries(payload: Mapping[str, Any]) -> int:
     value = payload.get("retries", 0)
     if value is None:
@@ -235,6 +245,7 @@ KNOWN_FIELDS = (
             "retries",
             "parent_job",
             "processors",
+            "catchup",
             "concurrency",
             "executor",
             "executor_config",
@@ -297,6 +308,7 @@ def validate_job(payload: Any, *, executors: ExecutorRegistry, processors: Proce
         "parent_job": parent,
         "processors": _processors(payload, processors),
         "concurrency": concurrency,
+        "catchup": _choice(payload, "catchup", CATCHUP_POLICIES),
         "executor": executor,
         "executor_config": _executor_config(payload, executor, executors),
         "ephemeral": _bool(payload, "ephemeral"),

@@ -35,6 +35,7 @@ from dkron.store.raft import StoreUnavailable
 log = logging.getLogger(__name__)
 
 MAX_MISSED_COUNTED = 10_000  # bound the catch-up walk for very frequent schedules
+MAX_CATCHUP_RUNS = 100  # catchup "all" runs at most this many missed ticks
 LAUNCH_RETENTION_MS = 24 * 3600 * 1000
 
 
@@ -222,10 +223,8 @@ class Scheduler:
             if gap and self.paused:
                 gap = []  # ticks skipped on purpose while scheduling is paused: neither run nor missed
             if gap:
-                latest = gap[-1]
-                if now - latest <= self.catchup_window_ms and (job["name"], latest) not in adopted:
-                    catchups.append(self._launch(entry, latest, "catchup"))
-                    gap = gap[:-1]
+                run, gap = self._catchup_ticks(job, gap, now, adopted)
+                catchups += [self._launch(entry, tick, "catchup") for tick in run]
                 if gap:
                     missed.append(self._missed(job["name"], gap, now))
             self._push(entry, fire)
@@ -240,6 +239,22 @@ class Scheduler:
             len(catchups),
             len(missed),
         )
+
+    def _catchup_ticks(
+        self, job: dict[str, Any], gap: list[int], now: int, adopted: set[tuple[str, int]]
+    ) -> tuple[list[int], list[int]]:
+        """Split the ticks missed in a gap into (to run now, to record as missed), per the job's
+        ``catchup`` policy; only ticks within the catch-up window may run."""
+        policy = job.get("catchup") or "latest"
+        eligible = [t for t in gap if now - t <= self.catchup_window_ms and (job["name"], t) not in adopted]
+        if policy == "none" or not eligible:
+            run = []
+        elif policy == "all":
+            run = eligible[-MAX_CATCHUP_RUNS:]
+        else:
+            run = eligible[-1:]
+        chosen = set(run)
+        return run, [t for t in gap if t not in chosen]
 
     def _reconcile_running(self) -> None:
         for ex in self.reader.running_executions():
