@@ -1,0 +1,520 @@
+"""The ``email`` processor: e-mails an execution's report and output over SMTP.
+
+Dkron (OSS) only e-mails notifications to a job's ``owner_email``; here it is a processor, chosen
+and configured per job (``"processors": {"email": {"emails": "ops@example.com"}}``). The SMTP
+server comes from the agent's ``mail-*`` options, read through ``registry.settings`` on the node
+where the job ran (processors run there).
+
+The subject is Dkron's: ``<mail-subject-prefix><Success|Failed> <job> execution report`` (no space
+after the prefix). The body is a short report (job, execution, node, times, success) followed by the
+output, trimmed to its last :data:`MAX_OUTPUT_BYTES`.
+
+The processor never raises and never blocks longer than ``mail-timeout``: a missing ``mail-host``,
+an unreachable or misbehaving server, a refused login or a bad certificate is logged as a warning
+(never with the password) and the execution is returned unchanged, output included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import re
+import smtplib
+import socket
+import ssl
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from typing import Any
+
+from dkron.contracts import ConfigError
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "KNOWN_KEYS",
+    "LOGGER_NAME",
+    "MAX_OUTPUT_BYTES",
+    "MAX_RECIPIENTS",
+    "EmailProcessor",
+    "SmtpSettings",
+    "build_message",
+    "parse_emails",
+    "placeholder",
+    "render_subject",
+    "send_message",
+]
+
+LOGGER_NAME = "dkron.processor.email"
+log = logging.getLogger(LOGGER_NAME)
+
+#: ``reporting_node`` is injected by Dkron into every processor's config, so it is accepted.
+KNOWN_KEYS = frozenset({"emails", "forward", "on", "subject", "include_output", "reporting_node"})
+ON_VALUES = ("always", "failure", "success")
+TLS_MODES = ("starttls", "tls", "none")
+#: Port used when ``mail-port`` is 0, per ``mail-tls``.
+DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_PREFIX = "[Dkron]"
+#: Largest part of the output put in a message (its tail, like the core keeps).
+MAX_OUTPUT_BYTES = 1024 * 1024
+MAX_RECIPIENTS = 100
+MAX_SUBJECT = 200
+#: Placeholders a ``subject`` template may use.
+SUBJECT_FIELDS = ("job", "status", "node", "execution_id", "attempt")
+
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+# A syntactic check, deliberately simple: local@domain, no spaces, quotes, brackets or separators
+# in the local part, and a domain of dot-separated LDH labels (or an IP literal in brackets).
+_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_SUBJECT_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# -- job config ----------------------------------------------------------------------------------
+
+
+def _parse_bool(config: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = config.get(key)
+    value = raw.strip() if isinstance(raw, str) else raw
+    if value is None or value == "":
+        return default
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{key} must be true or false, got {raw!r}", key=key)
+
+
+def _valid_address(address: str) -> bool:
+    local, sep, domain = address.rpartition("@")
+    if not sep or not local or not domain or len(address) > 254 or len(local) > 64:
+        return False
+    if not _LOCAL.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        return False
+    if domain.startswith("[") and domain.endswith("]"):
+        literal = domain[1:-1].removeprefix("IPv6:")
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            return False
+        return True
+    return all(_LABEL.match(label) for label in domain.split("."))
+
+
+def parse_emails(config: Mapping[str, str]) -> list[str]:
+    """The ``emails`` key: a comma-separated list of addresses (required, de-duplicated)."""
+    raw = config.get("emails")
+    if raw is None or not str(raw).strip():
+        raise ConfigError("emails is required: a comma-separated list of addresses", key="emails")
+    addresses: list[str] = []
+    for item in str(raw).split(","):
+        address = item.strip()
+        if not address:
+            continue
+        if not _valid_address(address):
+            raise ConfigError(f"{address!r} is not an e-mail address (expected name@domain)", key="emails")
+        if address.lower() not in (a.lower() for a in addresses):
+            addresses.append(address)
+    if not addresses:
+        raise ConfigError("emails is required: a comma-separated list of addresses", key="emails")
+    if len(addresses) > MAX_RECIPIENTS:
+        raise ConfigError(f"at most {MAX_RECIPIENTS} addresses, got {len(addresses)}", key="emails")
+    return addresses
+
+
+def _parse_on(config: Mapping[str, str]) -> str:
+    raw = config.get("on")
+    value = str(raw).strip().lower() if raw is not None else ""
+    if not value:
+        return "always"
+    if value not in ON_VALUES:
+        raise ConfigError(f"on must be one of always, failure, success, got {raw!r}", key="on")
+    return value
+
+
+def _parse_subject(config: Mapping[str, str]) -> str:
+    """The ``subject`` template ("" = Dkron's subject); checked so that rendering cannot fail."""
+    raw = config.get("subject")
+    value = str(raw).strip() if raw is not None else ""
+    if not value:
+        return ""
+    if len(value) > MAX_SUBJECT:
+        raise ConfigError(f"subject must be at most {MAX_SUBJECT} characters", key="subject")
+    if _CONTROL.search(value):
+        raise ConfigError("subject must not contain control characters (line breaks, tabs)", key="subject")
+    for match in _SUBJECT_TOKEN.finditer(value):
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            continue
+        name = match.group(1)
+        if name is None:
+            raise ConfigError(f"unbalanced {token!r} in subject (write {token * 2} for a literal one)", key="subject")
+        if name not in SUBJECT_FIELDS:
+            known = ", ".join("{" + f + "}" for f in SUBJECT_FIELDS)
+            raise ConfigError(f"unknown placeholder {{{name}}} in subject (known: {known})", key="subject")
+    return value
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    emails: list[str]
+    forward: bool
+    on: str
+    subject: str
+    include_output: bool
+
+    @classmethod
+    def parse(cls, config: Mapping[str, str]) -> JobOptions:
+        return cls(
+            emails=parse_emails(config),
+            forward=_parse_bool(config, "forward", False),
+            on=_parse_on(config),
+            subject=_parse_subject(config),
+            include_output=_parse_bool(config, "include_output", True),
+        )
+
+
+# -- agent settings ------------------------------------------------------------------------------
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        from dkron.config import parse_duration  # "10s", "1m30s": the agent's own syntax
+
+        return parse_duration(text, "mail-timeout")
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """The agent's ``mail-*`` options. ``password`` never appears in a repr or a log line."""
+
+    host: str = ""
+    port: int = 0
+    username: str = ""
+    password: str = field(default="", repr=False)
+    mail_from: str = ""
+    subject_prefix: str = DEFAULT_PREFIX
+    tls: str = "starttls"
+    timeout: float = DEFAULT_TIMEOUT
+    ca_file: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> SmtpSettings:
+        """Read ``registry.settings`` (typed by the agent; strings are accepted too, for tests).
+
+        Raises ``ValueError`` naming the option when one is unusable.
+        """
+
+        def text(name: str, default: str = "") -> str:
+            value = settings.get(name)
+            return default if value is None else str(value).strip()
+
+        port_raw = settings.get("mail-port") or 0
+        try:
+            port = int(port_raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"mail-port: expected a port number, got {port_raw!r}") from None
+        if port and not 0 < port < 65536:
+            raise ValueError(f"mail-port: must be a port number 1-65535, got {port}")
+        tls = text("mail-tls", "starttls").lower() or "starttls"
+        if tls not in TLS_MODES:
+            raise ValueError(f"mail-tls: must be one of starttls, tls, none, got {tls!r}")
+        timeout_raw = settings.get("mail-timeout")
+        timeout = DEFAULT_TIMEOUT if timeout_raw in (None, "") else _seconds(timeout_raw)
+        if not timeout > 0:
+            raise ValueError(f"mail-timeout: must be > 0, got {timeout_raw!r}")
+        prefix = settings.get("mail-subject-prefix")
+        return cls(
+            host=text("mail-host"),
+            port=port,
+            username=text("mail-username"),
+            password="" if settings.get("mail-password") is None else str(settings.get("mail-password")),
+            mail_from=text("mail-from"),
+            subject_prefix=DEFAULT_PREFIX if prefix is None else _CONTROL.sub(" ", str(prefix)),
+            tls=tls,
+            timeout=timeout,
+            ca_file=text("mail-ca-file"),
+        )
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or DEFAULT_PORTS[self.tls]
+
+    @property
+    def sender(self) -> str:
+        """The ``From`` header: ``mail-from`` (may be ``Name <addr>``), else ``dkron@<host name>``."""
+        return self.mail_from or f"dkron@{socket.gethostname() or 'localhost'}"
+
+    @property
+    def envelope_sender(self) -> str:
+        """The bare address for ``MAIL FROM``."""
+        return parseaddr(self.sender)[1] or self.sender
+
+    def redact(self, text: str) -> str:
+        """``text`` without the password, should a server echo it back in an error."""
+        return text.replace(self.password, "***") if self.password else text
+
+
+# -- the message ---------------------------------------------------------------------------------
+
+
+def _status(execution: Mapping[str, Any]) -> str:
+    return "Success" if execution.get("success") is True else "Failed"
+
+
+def render_subject(template: str, execution: Mapping[str, Any], prefix: str) -> str:
+    """``<prefix><Success|Failed> <job> execution report``, or ``<prefix><template rendered>``."""
+    values = {
+        "job": str(execution.get("job_name") or ""),
+        "status": _status(execution),
+        "node": str(execution.get("node_name") or ""),
+        "execution_id": str(execution.get("id") or ""),
+        "attempt": str(execution.get("attempt") or ""),
+    }
+    if not template:
+        body = f"{values['status']} {values['job']} execution report"
+    else:
+
+        def replace(match: re.Match[str]) -> str:
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                return token[0]
+            return values.get(match.group(1) or "", token)
+
+        body = _SUBJECT_TOKEN.sub(replace, template)
+    return _CONTROL.sub(" ", f"{prefix}{body}")
+
+
+def _output_text(execution: Mapping[str, Any]) -> tuple[str, int]:
+    """The output's last :data:`MAX_OUTPUT_BYTES` as text, and how many bytes were left out."""
+    output = execution.get("output")
+    data = output if isinstance(output, bytes) else str(output or "").encode("utf-8", "replace")
+    omitted = max(0, len(data) - MAX_OUTPUT_BYTES)
+    if omitted:
+        data = data[omitted:]
+        # Do not start in the middle of a UTF-8 sequence.
+        skip = 0
+        while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+            skip += 1
+        data, omitted = data[skip:], omitted + skip
+    return data.decode("utf-8", "replace"), omitted
+
+
+def build_body(execution: Mapping[str, Any], include_output: bool) -> str:
+    """Dkron's report layout (``Executed:``, ``Start time:``, ...) followed by the output."""
+
+    def value(key: str) -> str:
+        item = execution.get(key)
+        return "" if item is None else str(item)
+
+    lines = [
+        f"Executed: {value('job_name')}",
+        f"Execution: {value('id')}",
+        f"Node: {value('node_name')}",
+        f"Attempt: {value('attempt')}",
+        f"Start time: {value('started_at')}",
+        f"End time: {value('finished_at')}",
+        f"Success: {'true' if execution.get('success') is True else 'false'}",
+    ]
+    if execution.get("error"):
+        lines.append(f"Error: {value('error')}")
+    if execution.get("exit_code") is not None:
+        lines.append(f"Exit code: {value('exit_code')}")
+    if not include_output:
+        lines.append("Output: (not included)")
+        return "\n".join(lines) + "\n"
+    text, omitted = _output_text(execution)
+    notes = []
+    if omitted:
+        notes.append(f"the first {omitted} bytes are left out of this message")
+    if execution.get("output_truncated"):
+        notes.append("the agent kept only the tail of it")
+    lines.append(f"Output:{' (' + '; '.join(notes) + ')' if notes else ''}")
+    return "\n".join(lines) + "\n" + text
+
+
+def build_message(
+    execution: Mapping[str, Any], options: JobOptions, settings: SmtpSettings, recipients: list[str]
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = settings.sender
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = render_subject(options.subject, execution, settings.subject_prefix)
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    domain = settings.envelope_sender.rpartition("@")[2].strip("<>") or "localhost"
+    message["Message-ID"] = make_msgid("dkron", domain=domain)
+    message["X-Dkron-Job"] = _CONTROL.sub(" ", str(execution.get("job_name") or ""))
+    message["X-Dkron-Execution"] = _CONTROL.sub(" ", str(execution.get("id") or ""))
+    message.set_content(build_body(execution, options.include_output))
+    return message
+
+
+def placeholder(count: int) -> str:
+    """What ``output`` becomes when ``forward`` is false."""
+    return f"Output e-mailed to {count} recipient(s)"
+
+
+# -- sending -------------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _deliver(settings: SmtpSettings, message: EmailMessage, recipients: list[str], holder: dict[str, Any]) -> list[str]:
+    context: ssl.SSLContext | None = None
+    if settings.tls != "none":
+        context = ssl.create_default_context(cafile=settings.ca_file or None)
+    local_name = socket.gethostname() or "localhost"  # never getfqdn(): a DNS look-up could stall
+    address = (settings.host, settings.effective_port)
+    client: smtplib.SMTP
+    # Connecting (and the SMTPS handshake) happen in the constructor, each step bounded by timeout.
+    if settings.tls == "tls":
+        client = smtplib.SMTP_SSL(*address, local_hostname=local_name, timeout=settings.timeout, context=context)
+    else:
+        client = smtplib.SMTP(*address, local_hostname=local_name, timeout=settings.timeout)
+    holder["client"] = client
+    try:
+        client.ehlo()
+        if settings.tls == "starttls":
+            # Raises SMTPNotSupportedError when the server does not offer it: never falls back.
+            client.starttls(context=context)
+            client.ehlo()
+        if settings.username:
+            client.login(settings.username, settings.password)
+        refused = client.send_message(message, from_addr=settings.envelope_sender, to_addrs=recipients)
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.quit()
+    finally:
+        client.close()
+    if refused:
+        log.warning("email: the SMTP server refused %s", ", ".join(sorted(refused)))
+    return [r for r in recipients if r not in refused]
+
+
+def send_message(settings: SmtpSettings, message: EmailMessage, recipients: list[str]) -> list[str]:
+    """Send ``message``; return the recipients the server accepted. Raises on any failure.
+
+    The whole exchange is bounded by ``settings.timeout``: it runs in a worker thread, and when the
+    deadline passes the connection is shut down and ``TimeoutError`` is raised, so a server that
+    answers byte by byte cannot hold the agent longer than that.
+    """
+    if not settings.host:
+        raise ValueError("mail-host is not set on this agent")
+    if settings.username and settings.tls == "none" and not _is_loopback(settings.host):
+        # As Go's net/smtp PLAIN authentication does: no password in clear over a network.
+        raise ValueError(
+            f"refusing to send the SMTP password unencrypted to {settings.host} (mail-tls=none); "
+            "use mail-tls=starttls or tls"
+        )
+    holder: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            holder["accepted"] = _deliver(settings, message, recipients, holder)
+        except BaseException as exc:  # handed to the caller's thread
+            holder["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, name="dkron-email-send", daemon=True)
+    worker.start()
+    if not done.wait(settings.timeout):
+        client = holder.get("client")
+        sock = getattr(client, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the worker; it then closes the client
+        raise TimeoutError(f"no complete SMTP exchange within {settings.timeout:g}s")
+    if "error" in holder:
+        raise holder["error"]
+    return holder["accepted"]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        detail = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        return f"{type(exc).__name__}: {exc.smtp_code} {' '.join(str(detail).split())}"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- the processor -------------------------------------------------------------------------------
+
+
+class EmailProcessor:
+    """One instance per agent, holding the agent's settings; thread-safe (no mutable state)."""
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        self.settings: Mapping[str, Any] = dict(settings or {})
+
+    def validate(self, config: Mapping[str, str]) -> dict[str, str]:
+        for key in config:
+            if key not in KNOWN_KEYS:
+                known = ", ".join(sorted(KNOWN_KEYS - {"reporting_node"}))
+                raise ConfigError(f"unknown key {key!r} (the email processor knows {known})", key=key)
+        options = JobOptions.parse(config)
+        normalised = {key: str(value).strip() for key, value in config.items()}
+        normalised["emails"] = ",".join(options.emails)
+        for key in ("forward", "include_output"):
+            if key in config:
+                normalised[key] = "true" if getattr(options, key) else "false"
+        if "on" in config:
+            normalised["on"] = options.on
+        if "subject" in config:
+            normalised["subject"] = options.subject
+        return normalised
+
+    def process(self, execution: dict[str, Any], config: Mapping[str, str]) -> dict[str, Any]:
+        job, execution_id = execution.get("job_name"), execution.get("id")
+        try:
+            options = JobOptions.parse(config)
+        except ConfigError as exc:
+            log.warning("email: job %r has an invalid email config (%s); nothing sent", job, exc)
+            return execution
+        succeeded = execution.get("success") is True
+        if (options.on == "failure" and succeeded) or (options.on == "success" and not succeeded):
+            return execution
+        try:
+            settings = SmtpSettings.from_settings(self.settings)
+        except ValueError as exc:
+            log.warning("email: cannot e-mail job %r execution %r: %s", job, execution_id, exc)
+            return execution
+        if not settings.host:
+            log.warning(
+                "email: cannot e-mail job %r execution %r: mail-host is not set on this agent", job, execution_id
+            )
+            return execution
+        try:
+            message = build_message(execution, options, settings, options.emails)
+            accepted = send_message(settings, message, options.emails)
+        except Exception as exc:  # never let a mail problem touch the execution record
+            log.warning(
+                "email: cannot e-mail job %r execution %r via %s:%s: %s",
+                job,
+                execution_id,
+                settings.host,
+                settings.effective_port,
+                settings.redact(_describe(exc)),
+            )
+            return execution
+        log.info("email: job %r execution %r e-mailed to %d recipient(s)", job, execution_id, len(accepted))
+        if options.forward:
+            return execution
+        return {**execution, "output": placeholder(len(accepted))}

@@ -1,0 +1,185 @@
+"""Helpers for the email processor's tests: a capturing aiosmtpd server and a throw-away CA.
+
+(A module of its own, with a name no other test folder uses, so the tests can import its types.)
+"""
+
+from __future__ import annotations
+
+import datetime
+import email
+import email.policy
+import ipaddress
+import ssl
+import threading
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from dkron.testing import free_port
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    tls: bool
+    login: str | None
+
+
+@dataclass
+class SmtpServer:
+    """A running test server; ``messages`` is what it accepted, in order."""
+
+    port: int
+    messages: list[Received] = field(default_factory=list)
+    logins: list[tuple[str, bool]] = field(default_factory=list)
+    controller: Any = None
+    _arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for_messages(self, count: int = 1, timeout: float = 15.0) -> list[Received]:
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self.messages) >= count, timeout)
+            return list(self.messages)
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        """Agent settings pointing at this server (as ``registry.settings`` carries them)."""
+        return {
+            "mail-host": "127.0.0.1",
+            "mail-port": self.port,
+            "mail-from": "dkron@example.test",
+            "mail-subject-prefix": "[Dkron]",
+            "mail-tls": "none",
+            "mail-timeout": 5.0,
+            **overrides,
+        }
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+class _Handler:
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+
+    async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        auth = session.auth_data
+        login = auth.login.decode() if session.authenticated and isinstance(auth, LoginPassword) else None
+        tls = session.ssl is not None or smtp.transport.get_extra_info("ssl_object") is not None  # STARTTLS, SMTPS
+        received = Received(envelope.mail_from, list(envelope.rcpt_tos), message, tls, login)
+        with self.server._arrived:
+            self.server.messages.append(received)
+            self.server._arrived.notify_all()
+        return "250 OK"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def start_smtp(tls_files: TlsFiles, *, auth: dict[str, str] | None = None, tls: str = "none") -> SmtpServer:
+    """Start a server on a free 127.0.0.1 port.
+
+    ``auth={"user": "password"}`` requires AUTH with those credentials (over plain SMTP too when
+    ``tls="none"``: aiosmtpd's ``auth_require_tls`` is turned off for that). ``tls="starttls"``
+    offers and requires STARTTLS; ``tls="tls"`` speaks SMTPS (TLS from the first byte).
+    """
+    server = SmtpServer(port=free_port())
+    kwargs: dict[str, Any] = {"hostname": "127.0.0.1", "port": server.port, "ready_timeout": 10.0}
+    if auth is not None:
+
+        def authenticator(smtp: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+            if not isinstance(data, LoginPassword):
+                return AuthResult(success=False, handled=False)
+            user, password = data.login.decode(), data.password.decode()
+            ok = auth.get(user) == password
+            server.logins.append((user, ok))
+            # handled=False: aiosmtpd answers the failure itself (535).
+            return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
+
+        kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=tls != "none")
+    if tls == "starttls":
+        kwargs.update(tls_context=tls_files.server_context(), require_starttls=True)
+    elif tls == "tls":
+        kwargs["ssl_context"] = tls_files.server_context()
+    server.controller = Controller(_Handler(server), **kwargs)
+    server.controller.start()
+    return server
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """A CA and a server certificate it signed, for 127.0.0.1 and localhost (PEM files in ``folder``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dkron email test CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    files.key_file.write_bytes(key_pem)
+    files.key_file.chmod(0o600)
+    return files
