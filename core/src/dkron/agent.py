@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf import empty_pb2
 
 from dkron import __version__
 from dkron.cluster.agent_service import AgentServicer
@@ -115,7 +116,10 @@ class Agent:
     def _start_grpc(self) -> None:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.runner, self.node_name, self.cluster.deliver), server
+            AgentServicer(
+                self.runner, self.node_name, self.cluster.deliver, active=self._active_here if self.is_server else None
+            ),
+            server,
         )
         servicer = ClusterServicer(self, {"run_job": self._forwarded_run}) if self.is_server else LeaveServicer(self)
         cluster_pb2_grpc.add_ClusterServiceServicer_to_server(servicer, server)
@@ -170,6 +174,7 @@ class Agent:
             raft_config.compaction_min_entries = int(os.environ["DKRON_RAFT_COMPACTION_ENTRIES"])
         self.raft = RaftNode(raft_config, self.state, on_state_change=self.scheduler.set_leader)
         self.cluster.raft = self.raft
+        self.scheduler.can_dispatch = self.raft.has_lease
         self.reaper = Reaper(
             node_name=self.node_name,
             membership=self.cluster.membership,
@@ -252,10 +257,39 @@ class Agent:
             raise LookupError(f"job not found: {payload['name']}")
         return self.scheduler.run_now(job)
 
+    def _active_here(self) -> list[dict[str, Any]]:
+        # Never forwards (a follower asked by another follower must not ask back).
+        return self.placement.active() if self.is_leader else self.runner.active()
+
     def busy(self) -> list[dict[str, Any]]:
+        """Running executions with their output so far (a follower asks the leader)."""
         if self.is_leader:
             return self.placement.active()
-        return self.reader.running_executions()
+        rows = self.reader.running_executions()
+        leader = self.cluster.leader_rpc_addr()
+        if leader:
+            try:
+                live = self.cluster.channels.agent(leader).ActiveExecutions(empty_pb2.Empty(), timeout=2)
+            except grpc.RpcError:
+                return rows  # the stored view, without live output
+            known = {(e["job_name"], e["id"]) for e in rows}
+            outputs = {(e.job_name, e.execution_id): e.output_tail.decode("utf-8", "replace") for e in live.executions}
+            rows = [{**e, "output": outputs.get((e["job_name"], e["id"]), e["output"])} for e in rows]
+            rows += [
+                {
+                    "id": e.execution_id,
+                    "job_name": e.job_name,
+                    "run_id": e.run_id,
+                    "node_name": e.node_name,
+                    "status": "running",
+                    "started_at": None,
+                    "finished_at": None,
+                    "output": e.output_tail.decode("utf-8", "replace"),
+                }
+                for e in live.executions
+                if (e.job_name, e.execution_id) not in known
+            ]
+        return rows
 
     def kill(self, job: str, execution_id: str, reason: str) -> bool:
         return self.placement.kill(job, execution_id, reason)

@@ -120,6 +120,9 @@ class Scheduler:
         #: Called in the planner thread when this node starts leading, before it plans anything
         #: (the cluster layer reloads its membership there).
         self.on_leadership: Callable[[], None] = lambda: None
+        #: Checked right before each dispatch: False while this leader's lease is not fresh
+        #: (the run then waits; if leadership was lost, it is dropped and the new leader adopts it).
+        self.can_dispatch: Callable[[], bool] = lambda: True
         self._threads = [
             threading.Thread(target=self._planner, name="scheduler-plan", daemon=True),
             threading.Thread(target=self._dispatcher, name="scheduler-dispatch", daemon=True),
@@ -441,6 +444,9 @@ class Scheduler:
                 wait = (self._due[0][0] - self.clock() * 1000) / 1000
                 if wait > 0:
                     self._due_lock.wait(min(wait, 0.5))
+                    continue
+                if not self.can_dispatch():
+                    self._due_lock.wait(0.01)
                     continue
                 _, _, spec = heapq.heappop(self._due)
             self._dispatch(spec)

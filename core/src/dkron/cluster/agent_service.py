@@ -76,8 +76,16 @@ def finished_event(record: dict[str, Any]) -> agent_pb2.AgentRunEvent:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, runner: Runner, node_name: str, on_orphaned_result: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        node_name: str,
+        on_orphaned_result: Callable[[dict[str, Any]], None],
+        active: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self.runner = runner
+        #: What ActiveExecutions answers: this node's runs, or on a leader the whole cluster's.
+        self.active = active or runner.active
         self.node_name = node_name
         self.on_orphaned_result = on_orphaned_result
 
@@ -150,10 +158,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             agent_pb2.ActiveExecution(
                 execution_id=e["id"],
                 job_name=e["job_name"],
-                run_id=e["run_id"],
-                started_at_ms=_ms(e["started_at"]),
+                run_id=e.get("run_id", ""),
+                started_at_ms=_ms(e.get("started_at")),
+                node_name=e.get("node_name", ""),
                 output_tail=(e.get("output") or "").encode("utf-8", "replace"),
             )
-            for e in self.runner.active()
+            for e in self.active()
         ]
         return agent_pb2.ActiveExecutionsResponse(executions=items)

@@ -143,15 +143,17 @@ class ActiveExecutionsResponse(_message.Message):
     def __init__(self, executions: _Optional[_Iterable[_Union[ActiveExecution, _Mapping]]] = ...) -> None: ...
 
 class ActiveExecution(_message.Message):
-    __slots__ = ("execution_id", "job_name", "run_id", "started_at_ms", "output_tail")
+    __slots__ = ("execution_id", "job_name", "run_id", "started_at_ms", "output_tail", "node_name")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     job_name: str
     run_id: str
     started_at_ms: int
     output_tail: bytes
-    def __init__(self, execution_id: _Optional[str] = ..., job_name: _Optional[str] = ..., run_id: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., output_tail: _Optional[bytes] = ...) -> None: ...
+    node_name: str
+    def __init__(self, execution_id: _Optional[str] = ..., job_name: _Optional[str] = ..., run_id: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., output_tail: _Optional[bytes] = ..., node_name: _Optional[str] = ...) -> None: ...

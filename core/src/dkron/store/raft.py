@@ -29,6 +29,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.journal import FileJournal
+from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 
 from dkron.store.state import StateMachine
@@ -173,6 +174,8 @@ class RaftNode(SyncObj):
             bindRetryTime=1.0,
             maxBindRetries=10,
         )
+        #: A lease shorter than the earliest moment another server may call an election.
+        self._lease = config.raft_min_timeout * 0.9
         super().__init__(config.self_addr, list(config.partners), conf)
         raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
         if isinstance(raft_log, FileJournal):
@@ -248,6 +251,22 @@ class RaftNode(SyncObj):
     @property
     def is_leader(self) -> bool:
         return self._isLeader()
+
+    def has_lease(self) -> bool:
+        """True while this leader has heard from a majority within the minimum election timeout.
+
+        Past that, another server may have been elected without us knowing (e.g. this process
+        was frozen): a leader without a lease must not start runs.
+        """
+        if not self._isLeader():
+            return False
+        partners = self.otherNodes
+        if not partners:
+            return True
+        last = self._SyncObj__lastResponseTime
+        horizon = monotonic_time() - self._lease
+        fresh = 1 + sum(1 for node in partners if last.get(node, 0) > horizon)
+        return fresh > (len(partners) + 1) / 2
 
     def leader_addr(self) -> str | None:
         leader = self._getLeader()
