@@ -512,7 +512,8 @@ def test_leader_isleader_and_members_describe_the_single_node(agent):
     members = agent.get("/v1/members")
     assert members.headers["X-Total-Count"] == "1"
     [member] = members.json()
-    assert member["Name"] == "node1" and member["statusText"] == "alive" and member["Tags"]["role"] == "x"  # the node's own tag: not hijacked as in Dkron
+    assert member["Name"] == "node1" and member["statusText"] == "alive"
+    assert member["Tags"]["role"] == "x"  # the node's own tag, not hijacked to "dkron" as Dkron does
     assert member == leader.json()
 
 

@@ -356,5 +356,11 @@ class Agent:
             time.sleep(0.02)
 
     def wait(self) -> None:
-        """Block until :meth:`stop` has finished (records committed, Raft flushed)."""
-        self._done.wait()
+        """Block until :meth:`stop` has finished (records committed, Raft flushed).
+
+        Waits in short slices: Python runs signal handlers only in the main thread, and only when
+        it wakes; SIGTERM delivered to another thread (gRPC's, Raft's) would otherwise never be
+        handled while the main thread sleeps in an untimed wait.
+        """
+        while not self._done.wait(0.2):
+            pass

@@ -209,13 +209,15 @@ class Scheduler:
             self._changes.get_nowait()
         now = self._now_ms()
         self._reconcile_running()
+        # Jobs first: adopted launches are dispatched against the loaded jobs (a launch of a job
+        # not loaded is taken for one deleted or disabled since, and dropped).
+        jobs = self.reader.schedulable_jobs()
+        entries = [(job, entry) for job in jobs if (entry := self._load(job)) is not None]
+        for job, entry in entries:
+            self._jobs[job["name"]] = entry
         adopted = self._reconcile_launches(now)
         catchups, missed = [], []
-        for job in self.reader.schedulable_jobs():
-            entry = self._load(job)
-            if entry is None:
-                continue
-            self._jobs[job["name"]] = entry
+        for job, entry in entries:
             last = job.get("_last_scheduled_ms")
             # Ticks after the last one committed and up to now fell in a gap (restart, failover).
             fire = self.next_fire(entry, last or now)
