@@ -336,3 +336,22 @@ def test_a_kill_during_the_truncation_after_compaction_never_leaves_a_partial_jo
                 f"a kill here leaves {len(on_disk)} entries "
                 f"({[e[1] for e in on_disk][:3]}...), neither the old journal nor the truncated one"
             )
+
+
+def test_a_state_database_ahead_of_the_raft_log_refuses_to_start(tmp_path):
+    """A lost raft.journal next to a kept state.db would make new writes reuse applied indexes."""
+    from dkron.store.raft import check_log_covers_state
+
+    journal = tmp_path / "raft.journal"
+    marker = tmp_path / "raft.marker"
+    check_log_covers_state(str(journal), str(marker), 0)  # a new node: nothing applied, nothing needed
+    with pytest.raises(RuntimeError, match="raft.journal was lost or replaced"):
+        check_log_covers_state(str(journal), str(marker), 5)
+    log = FileJournal(str(journal))
+    for idx in range(1, 8):
+        log.add(b"x", idx, 1)
+    log.flush()
+    log._destroy()
+    check_log_covers_state(str(journal), str(marker), 7)  # the log covers the state: fine
+    with pytest.raises(RuntimeError, match="ends at 7"):
+        check_log_covers_state(str(journal), str(marker), 9)

@@ -15,6 +15,7 @@ the server's local zone, so every node of a cluster computes identical fire time
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from datetime import UTC, datetime, timedelta
@@ -338,11 +339,15 @@ class Schedule:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_schedule(spec: str, *, timezone: str = "", job_name: str = "") -> Schedule:
     """Parse and validate `spec`; raise ScheduleError saying what to fix on any problem.
 
     `timezone` applies to every form (cron, descriptors, @every, @at without offset); a
     ``TZ=``/``CRON_TZ=`` prefix overrides it. `job_name` seeds the `~`/`H` hash fields.
+
+    Parsed schedules are cached (a job is parsed on validation, on every write and by the
+    scheduler); a Schedule is safe to share between threads.
     """
     tz = validate_timezone(timezone)
     text = spec.strip()

@@ -92,7 +92,9 @@ class Scheduler:
         record: Callable[[dict[str, Any]], None],
         *,
         node_name: str,
-        lookahead: float = 1.0,
+        # 1.5 s: planning then happens mid-second, not at the top of the second when the
+        # dispatcher starts the previous batch (both compete for the GIL).
+        lookahead: float = 1.5,
         catchup_window: float = 60.0,
         clock: Callable[[], float] = time.time,
         placement: Placement | None = None,

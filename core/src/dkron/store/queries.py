@@ -120,13 +120,17 @@ class Reader:
     def schedulable_jobs(self) -> list[dict[str, Any]]:
         """Every job the scheduler may fire (enabled, not a child); with its scheduling state."""
         rows = self.db.execute("SELECT * FROM jobs WHERE disabled=0 AND parent_job='' AND schedule != ''").fetchall()
-        return [self._job(row) for row in rows]
+        return [self._job(row, with_children=False) for row in rows]
 
-    def _job(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _job(self, row: sqlite3.Row, *, with_children: bool = True) -> dict[str, Any]:
         job = json.loads(row["body"])
-        children = [
-            r[0] for r in self.db.execute("SELECT name FROM jobs WHERE parent_job=? ORDER BY name", (row["name"],))
-        ]
+        children = (
+            []
+            if not with_children
+            else [
+                r[0] for r in self.db.execute("SELECT name FROM jobs WHERE parent_job=? ORDER BY name", (row["name"],))
+            ]
+        )
         job.update(
             id=row["name"],
             success_count=row["success_count"],

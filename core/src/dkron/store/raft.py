@@ -135,6 +135,33 @@ def _truncate_journal_atomically(journal: FileJournal, journal_path: str, entry_
     previous._destroy()
 
 
+def check_log_covers_state(journal_path: str, marker_path: str, applied: int) -> None:
+    """Refuse to start when the state database has applied entries the Raft log no longer has.
+
+    That happens when ``raft.journal`` (or the whole log) was deleted or replaced by an older copy
+    while ``state.db`` was kept: new entries would reuse indexes the database already applied and
+    be skipped as replays, silently losing every write until the log caught up.
+    """
+    if applied <= 0:
+        return
+    last = 0
+    if os.path.exists(marker_path):
+        last = max(last, read_marker(marker_path)[0][1])
+    if os.path.exists(journal_path):
+        journal = FileJournal(journal_path)
+        try:
+            if len(journal):
+                last = max(last, journal[len(journal) - 1][1])
+        finally:
+            journal._destroy()
+    if last < applied:
+        raise RuntimeError(
+            f"the state database has applied Raft entries up to {applied} but the Raft log in "
+            f"{os.path.dirname(journal_path)} ends at {last}: raft.journal was lost or replaced. Restore it, "
+            "or move state.db away to start this node empty (it then catches up from its peers)."
+        )
+
+
 class RaftNode(SyncObj):
     """One server's Raft member; its replicated state is the SQLite :class:`StateMachine`."""
 
@@ -151,6 +178,7 @@ class RaftNode(SyncObj):
         journal, marker = _marker_paths(config.data_dir)
         self._marker_path = marker
         fix_journal(journal, marker)
+        check_log_covers_state(journal, marker, state.applied_index())
         conf = SyncObjConf(
             bindAddress=config.self_addr,
             password=config.password,

@@ -39,14 +39,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at TEXT NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_displayname ON jobs(displayname);
-CREATE INDEX IF NOT EXISTS jobs_schedule ON jobs(schedule);
-CREATE INDEX IF NOT EXISTS jobs_success_count ON jobs(success_count);
-CREATE INDEX IF NOT EXISTS jobs_error_count ON jobs(error_count);
-CREATE INDEX IF NOT EXISTS jobs_last_success ON jobs(last_success);
-CREATE INDEX IF NOT EXISTS jobs_last_error ON jobs(last_error);
-CREATE INDEX IF NOT EXISTS jobs_next ON jobs(next);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_displayname_name ON jobs(displayname, name);
+CREATE INDEX IF NOT EXISTS jobs_schedule_name ON jobs(schedule, name);
+CREATE INDEX IF NOT EXISTS jobs_success_count_name ON jobs(success_count, name);
+CREATE INDEX IF NOT EXISTS jobs_error_count_name ON jobs(error_count, name);
+CREATE INDEX IF NOT EXISTS jobs_last_success_name ON jobs(last_success, name);
+CREATE INDEX IF NOT EXISTS jobs_last_error_name ON jobs(last_error, name);
+CREATE INDEX IF NOT EXISTS jobs_next_name ON jobs(next, name);
+CREATE INDEX IF NOT EXISTS jobs_status_name ON jobs(status, name);
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent_job);
 CREATE TABLE IF NOT EXISTS job_metadata (
     job TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (job, key)
@@ -120,7 +120,9 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     # NORMAL in WAL mode survives a process crash (kill -9); like pysyncobj's own journal it
     # does not fsync each commit, so a power loss may drop the last moments (docs/operations.md).
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA cache_size=-8000")  # 8 MB page cache per connection: bounded RSS
+    # Page cache per connection: the writer gets 8 MB; readers (one per HTTP/gRPC thread that
+    # reads) 2 MB each, so RSS stays bounded however many threads have read something.
+    conn.execute(f"PRAGMA cache_size={-2000 if readonly else -8000}")
     conn.execute("PRAGMA temp_store=MEMORY")
     if readonly:
         conn.execute("PRAGMA query_only=1")
