@@ -232,6 +232,8 @@ class Agent:
             self.scheduler.job_changed(name)
         elif command == "set_meta" and payload.get("key") == "scheduling_paused":
             self.scheduler.paused = bool(payload["value"])
+        elif command == "remove_server":
+            self.cluster.forget_server(payload["name"])
 
     # -- operations used by the API ----------------------------------------------------------
     def write(self, command: str, payload: dict[str, Any], timeout: float = 10.0) -> Any:

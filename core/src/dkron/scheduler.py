@@ -42,6 +42,8 @@ LAUNCH_RETENTION_MS = 24 * 3600 * 1000
 class RunRefused(Exception):
     """A manual run cannot start now (HTTP 409)."""
 
+    status = 409  # also what a follower answers when the leader refuses a forwarded run
+
 
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)

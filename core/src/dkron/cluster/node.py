@@ -305,6 +305,12 @@ class Cluster:
         self.raft.removeNodeFromCluster(raft_addr, callback=callback)
         if not done.wait(10) or outcome.get("error"):
             raise ValueError(f"removing {name} failed: {outcome.get('error', 'timeout')}")
-        self.servers.pop(name, None)
-        self.save_servers()
+        # Replicated, so that every server forgets it (list-peers, cluster.json), not only this one.
+        self.raft.write("remove_server", {"name": name}, timeout=10)
         return f"removed {name} ({raft_addr})"
+
+    def forget_server(self, name: str) -> None:
+        """Applied on every server when a server is removed from the cluster."""
+        if self.servers.pop(name, None) is not None:
+            self.save_servers()
+        self.membership.forget(name)

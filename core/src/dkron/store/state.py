@@ -148,6 +148,7 @@ class StateMachine:
             "set_meta": self._set_meta,
             "upsert_node": self._upsert_node,
             "node_left": self._node_left,
+            "remove_server": self._remove_server,
             "noop": lambda payload: None,
         }
 
@@ -422,6 +423,11 @@ class StateMachine:
         self.db.execute(
             "UPDATE nodes SET status='left', updated_at=? WHERE name=?", (payload.get("now"), payload["name"])
         )
+        return {"ok": True}
+
+    def _remove_server(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # Every server drops it from its own server list too (through the apply listener).
+        self.db.execute("DELETE FROM nodes WHERE name=?", (payload["name"],))
         return {"ok": True}
 
     def _set_meta(self, payload: dict[str, Any]) -> dict[str, Any]:
