@@ -225,9 +225,8 @@ class CachedParser(Generic[T]):
             hash(items)
         except TypeError:  # unhashable values, or keys that do not sort: build uncached, which names the key
             return self.__wrapped__(config)
-        if not all(isinstance(value, str) for _, value in items):
-            return self.__wrapped__(config)  # a non-string value: the build reports it
-        if self._max_chars is not None:
+        # Only strings are measured; a config with another value is built (and refused) via the cache path.
+        if self._max_chars is not None and all(isinstance(value, str) for _, value in items):
             size = self._size(config) if self._size else sum(len(value) for _, value in items)
             if size > self._max_chars:
                 return self.__wrapped__(config)  # keep big configs (message bodies, payloads) out of the cache

@@ -78,7 +78,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         return cluster_pb2.RegisterResponse(
             accepted=True,
             leader_addr=cluster.leader_rpc_addr() or "",
-            heartbeat_interval_ms=int(cluster.heartbeat_interval * 1000),
+            heartbeat_interval_ms=int(cluster.membership.interval_for_size(cluster.base_interval) * 1000),
             message=f"registered with {self.agent.node_name} (dkron {__version__})",
             servers=[
                 cluster_pb2.ServerInfo(node_name=n, rpc_addr=s["rpc_addr"], raft_addr=s["raft_addr"])
@@ -106,7 +106,9 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         cluster.membership.heartbeat(
             node.name, node.rpc_addr, None, is_server=node.is_server, running=request.running_execution_ids
         )
-        return cluster_pb2.HeartbeatResponse(leader_addr=leader, ok=True)
+        # Recomputed only now and then: it depends on the cluster size, which changes slowly.
+        interval = cluster.membership.interval_for_size(cluster.base_interval)
+        return cluster_pb2.HeartbeatResponse(leader_addr=leader, ok=True, heartbeat_interval_ms=int(interval * 1000))
 
     def ExecutionDone(self, request: cluster_pb2.ExecutionDoneRequest, context: grpc.ServicerContext) -> Any:
         if not self.agent.is_leader:

@@ -71,10 +71,20 @@ def parse_job_tags(tags: Mapping[str, str]) -> tuple[dict[str, str], int | None]
 class Membership:
     def __init__(self, *, timeout: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = timeout
+        self.base_timeout = timeout
         self.clock = clock
         self._nodes: dict[str, Node] = {}
         self._lock = threading.Lock()
         self._rng = random.Random()
+
+    def interval_for_size(self, base: float, max_rate: float = 500.0) -> float:
+        """Heartbeat interval for the current size: at most ``max_rate`` heartbeats a second
+        reach the leader. The failure timeout stretches with it (five intervals)."""
+        with self._lock:
+            size = len(self._nodes)
+        interval = max(base, size / max_rate)
+        self.timeout = max(self.base_timeout, 5 * interval)
+        return interval
 
     def heartbeat(
         self,

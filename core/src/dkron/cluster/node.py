@@ -65,6 +65,8 @@ class Cluster:
         self.data_dir = data_dir
         self.running_ids = running_ids
         self.heartbeat_interval = heartbeat_interval
+        #: The configured interval; the leader may ask for a longer one in a large cluster.
+        self.base_interval = heartbeat_interval
         self.channels = Channels(identity)
         self.membership = Membership(timeout=failure_timeout)
         self.servers: dict[str, dict[str, str]] = self._load_servers()
@@ -198,6 +200,8 @@ class Cluster:
             if response.leader_addr:
                 self._leader_hint = response.leader_addr
             if response.ok:
+                if response.heartbeat_interval_ms:
+                    self.heartbeat_interval = max(self.base_interval, response.heartbeat_interval_ms / 1000)
                 return True
             # The leader does not know us (yet, e.g. it was just elected): register with it.
             if response.leader_addr == addr and self._register_with(addr) is not None:

@@ -66,12 +66,14 @@ class LoadInfo(_message.Message):
     def __init__(self, load_avg_1m: _Optional[float] = ..., cpu_count: _Optional[int] = ..., mem_available_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("leader_addr", "ok")
+    __slots__ = ("leader_addr", "ok", "heartbeat_interval_ms")
     LEADER_ADDR_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     leader_addr: str
     ok: bool
-    def __init__(self, leader_addr: _Optional[str] = ..., ok: _Optional[bool] = ...) -> None: ...
+    heartbeat_interval_ms: int
+    def __init__(self, leader_addr: _Optional[str] = ..., ok: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class ExecutionDoneRequest(_message.Message):
     __slots__ = ("execution_id", "job_name", "run_id", "node_name", "attempt", "scheduled_at_ms", "started_at_ms", "finished_at_ms", "success", "error", "exit_code", "output_tail", "output_truncated", "output_bytes_total")
