@@ -345,7 +345,7 @@ def test_a_state_database_ahead_of_the_raft_log_refuses_to_start(tmp_path):
     journal = tmp_path / "raft.journal"
     marker = tmp_path / "raft.marker"
     check_log_covers_state(str(journal), str(marker), 0)  # a new node: nothing applied, nothing needed
-    with pytest.raises(RuntimeError, match="raft.journal was lost or replaced"):
+    with pytest.raises(RuntimeError, match=r"raft\.journal was lost or replaced"):
         check_log_covers_state(str(journal), str(marker), 5)
     log = FileJournal(str(journal))
     for idx in range(1, 8):

@@ -257,10 +257,11 @@ def cached(
     result is shared by every run, thread and caller with an equal config. Exceptions are not
     cached: a bad config is parsed, and reported, each time.
 
-    A config is parsed without the cache when a value is not a string or cannot be hashed, or
-    when it is bigger than ``max_chars`` (``None``: no limit), measured by ``size(config)``
-    (default: the length of all values together), so that large message bodies are not kept.
-    ``maxsize`` bounds the number of configs kept (least recently used go first). The wrapper
-    has ``cache_info()`` and ``cache_clear()``, and ``__wrapped__`` is ``build``.
+    Through the cache, ``build`` gets a plain dict of the items in sorted key order. A config
+    is parsed without the cache (``build`` gets it as passed) when a value cannot be hashed, or
+    when its string values are bigger than ``max_chars`` (``None``: no limit), measured by
+    ``size(config)`` (default: the length of all values together), so that large message
+    bodies are not kept. ``maxsize`` bounds the number of configs kept (least recently used go
+    first). The wrapper has ``cache_info()`` and ``cache_clear()``; ``__wrapped__`` is ``build``.
     """
     return CachedParser(build, maxsize, max_chars, size)

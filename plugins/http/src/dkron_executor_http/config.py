@@ -8,23 +8,20 @@ config again.
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
-import math
 import os
 import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "KNOWN_KEYS",
     "HttpConfig",
-    "parse_bool",
     "parse_config",
     "parse_expect_code",
     "parse_headers",
@@ -48,18 +45,13 @@ KNOWN_KEYS = (
 )
 DEFAULT_TIMEOUT = 30.0
 
-# strconv.ParseBool spellings (what Dkron's other boolean keys accept).
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
 #: RFC 9110 token: what a method or a header name may be made of.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters except TAB
 #: Headers the executor computes itself; setting them by hand would corrupt the request.
 _RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+#: A timeout in plain seconds: ``10`` or ``2.5`` (not ``1.`` or ``.5``); shown with an ``s`` added.
 _SECONDS = re.compile(r"\d+(\.\d+)?\Z")
 # URL characters left as they are; anything else in the path or query is percent-encoded.
 _URL_SAFE = "/:?#[]@!$&'()*+,;=%~"
@@ -82,16 +74,6 @@ class HttpConfig:
     tls_cert_file: str | None
     tls_key_file: str | None
     tls_ca_file: str | None
-
-
-def parse_bool(value: str, key: str) -> bool:
-    """strconv.ParseBool semantics (surrounding whitespace tolerated; empty means false)."""
-    text = value.strip()
-    if text in _TRUE:
-        return True
-    if text in _FALSE or text == "":
-        return False
-    raise ConfigError(f"{key} must be true or false, got {value!r}", key=key)
 
 
 def parse_method(value: str) -> str:
@@ -176,24 +158,9 @@ def parse_headers(value: str) -> tuple[tuple[str, str], ...]:
 
 def parse_timeout(value: str) -> float:
     """Whole request time limit: seconds (``10``, ``2.5``) or a Go duration (``10s``, ``1m30s``)."""
-    text = value.strip()
-    total = -1.0
-    if _SECONDS.match(text):
-        total = float(text)
-    else:
-        pos, acc = 0, 0.0
-        while text and pos < len(text):
-            match = _DURATION_PART.match(text, pos)
-            if match is None:
-                break
-            acc += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-            pos = match.end()
-        if not text or pos != len(text):
-            raise ConfigError(f"timeout must be seconds or a duration such as 10s or 1m30s, got {value!r}", "timeout")
-        total = acc
-    if not total > 0 or not math.isfinite(total):
-        raise ConfigError(f"timeout must be greater than zero, got {value!r}", key="timeout")
-    return total
+    return pluginkit.parse_duration(
+        value, "timeout", seconds=_SECONDS, expected="seconds or a duration such as 10s or 1m30s"
+    )
 
 
 def parse_expect_code(value: str) -> frozenset[int] | None:
@@ -231,16 +198,8 @@ def _parse_path(config: Mapping[str, str], key: str) -> str | None:
     return value
 
 
-def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(KNOWN_KEYS)})"
-    return ConfigError(f"unknown key {key!r}{hint}", key=key)
-
-
 def _parse(config: Mapping[str, str]) -> HttpConfig:
-    for key in config:
-        if key not in KNOWN_KEYS:
-            raise _unknown_key(key)
+    pluginkit.check_keys(config, KNOWN_KEYS)
     cert, key_file = _parse_path(config, "tlsCertificateFile"), _parse_path(config, "tlsCertificateKeyFile")
     if (cert is None) != (key_file is None):
         missing = "tlsCertificateKeyFile" if key_file is None else "tlsCertificateFile"
@@ -256,22 +215,20 @@ def _parse(config: Mapping[str, str]) -> HttpConfig:
         timeout_text=(timeout_text + "s" if _SECONDS.match(timeout_text) else timeout_text) or "30s",
         expect_codes=parse_expect_code(config.get("expectCode", "")),
         expect_body=_parse_expect_body(config.get("expectBody", "")),
-        debug=parse_bool(config.get("debug", ""), "debug"),
-        tls_no_verify=parse_bool(config.get("tlsNoVerifyPeer", ""), "tlsNoVerifyPeer"),
+        debug=pluginkit.parse_bool(config.get("debug", ""), "debug", default=False),
+        tls_no_verify=pluginkit.parse_bool(config.get("tlsNoVerifyPeer", ""), "tlsNoVerifyPeer", default=False),
         tls_cert_file=cert,
         tls_key_file=key_file,
         tls_ca_file=_parse_path(config, "tlsRootCAsFile"),
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _parse_cached(items: tuple[tuple[str, str], ...]) -> HttpConfig:
-    return _parse(dict(items))
+_parse_cached = pluginkit.cached(_parse, maxsize=256, max_chars=None)
 
 
 def parse_config(config: Mapping[str, str]) -> HttpConfig:
     """Parse a (validated) config; raises :class:`ConfigError` naming the key at fault."""
-    return _parse_cached(tuple(sorted((str(k), str(v)) for k, v in config.items())))
+    return _parse_cached({str(key): str(value) for key, value in config.items()})
 
 
 def validate_config(config: Mapping[str, str]) -> dict[str, str]:

@@ -6,12 +6,11 @@ Every value arrives as a string. ``validate_config`` runs at job submission (no 
 
 from __future__ import annotations
 
-import functools
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
 
 __all__ = [
@@ -19,7 +18,6 @@ __all__ = [
     "KNOWN_KEYS",
     "SASL_MECHANISMS",
     "KafkaConfig",
-    "parse_bool",
     "parse_brokers",
     "parse_config",
     "parse_timeout",
@@ -43,6 +41,7 @@ KNOWN_KEYS = frozenset(
     }
 )
 DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUT = 86400.0
 
 #: Accepted spellings of ``saslMechanism`` (any case) -> librdkafka's ``sasl.mechanism``.
 SASL_MECHANISMS = {
@@ -55,11 +54,6 @@ SASL_MECHANISMS = {
     "scram_sha_512": "SCRAM-SHA-512",
 }
 
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)\Z")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 _BROKER = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})\Z")
 
@@ -80,36 +74,13 @@ class KafkaConfig:
     debug: bool
 
 
-def parse_bool(value: str, key: str) -> bool:
-    """strconv.ParseBool spellings (surrounding whitespace tolerated); empty means false."""
-    text = value.strip()
-    if text in _TRUE:
-        return True
-    if text in _FALSE or not text:
-        return False
-    raise ConfigError(f"{key} must be true or false, got {value!r}", key=key)
+def _flag(config: Mapping[str, str], key: str) -> bool:
+    return pluginkit.parse_bool(config.get(key, ""), key, default=False)
 
 
 def parse_timeout(value: str, key: str = "timeout") -> float:
-    """Seconds (``30``, ``2.5``) or a Go duration (``30s``, ``1m``, ``500ms``); must be > 0."""
-    text = value.strip()
-    if _NUMBER.match(text):
-        total = float(text)
-    else:
-        pos, total = 0, 0.0
-        while pos < len(text):
-            match = _DURATION_PART.match(text, pos)
-            if match is None:
-                break
-            total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-            pos = match.end()
-        if not text or pos != len(text):
-            raise ConfigError(f"{key} must be seconds or a duration such as 30s or 500ms, got {value!r}", key=key)
-    if not total > 0 or not math.isfinite(total):
-        raise ConfigError(f"{key} must be greater than zero, got {value!r}", key=key)
-    if total > 86400:
-        raise ConfigError(f"{key} must be at most 24h, got {value!r}", key=key)
-    return total
+    """Seconds (``30``, ``2.5``) or a Go duration (``30s``, ``1m``, ``500ms``); must be > 0 and at most 24h."""
+    return pluginkit.parse_duration(value, key, maximum=MAX_TIMEOUT)
 
 
 def parse_brokers(value: str) -> tuple[str, ...]:
@@ -140,14 +111,6 @@ def _check_topic(topic: str) -> str:
     return topic
 
 
-def _check_keys(config: Mapping[str, str]) -> None:
-    for key, value in config.items():
-        if key not in KNOWN_KEYS:
-            raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(sorted(KNOWN_KEYS))})", key=key)
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string", key=key)
-
-
 def _sasl(config: Mapping[str, str]) -> tuple[str | None, str, str]:
     username = config.get("saslUsername", "")
     password = config.get("saslPassword", "")
@@ -170,11 +133,11 @@ def _sasl(config: Mapping[str, str]) -> tuple[str | None, str, str]:
 
 
 def _build(config: Mapping[str, str]) -> KafkaConfig:
-    _check_keys(config)
+    pluginkit.check_keys(config, KNOWN_KEYS, suggest=False, strings=True)
     brokers = parse_brokers(config.get("brokerAddress", ""))
     topic = _check_topic(config.get("topic", "").strip())
-    tls = parse_bool(config.get("tlsEnable", ""), "tlsEnable")
-    insecure = parse_bool(config.get("tlsInsecureSkipVerify", ""), "tlsInsecureSkipVerify")
+    tls = _flag(config, "tlsEnable")
+    insecure = _flag(config, "tlsInsecureSkipVerify")
     ca_file = config.get("tlsRootCAsFile", "").strip() or None
     if ca_file is not None and (not ca_file.startswith("/") or "\0" in ca_file):
         raise ConfigError(f"tlsRootCAsFile must be an absolute path, got {ca_file!r}", key="tlsRootCAsFile")
@@ -197,25 +160,13 @@ def _build(config: Mapping[str, str]) -> KafkaConfig:
         sasl_username=username,
         sasl_password=password,
         timeout=parse_timeout(timeout_text) if timeout_text else DEFAULT_TIMEOUT,
-        debug=parse_bool(config.get("debug", ""), "debug"),
+        debug=_flag(config, "debug"),
     )
 
 
-@functools.lru_cache(maxsize=1024)
-def _build_cached(items: tuple[tuple[str, str], ...]) -> KafkaConfig:
-    return _build(dict(items))
-
-
-def parse_config(config: Mapping[str, str]) -> KafkaConfig:
-    """Parse a config for execution; raises :class:`ConfigError` like :func:`validate_config`."""
-    try:
-        items = tuple(sorted(config.items()))
-        hash(items)
-    except TypeError:  # non-string values: parse uncached, which names the key
-        return _build(config)
-    if sum(len(v) for _, v in items) > 65536:
-        return _build(config)  # big messages are not kept in the cache
-    return _build_cached(items)
+#: Parse a config for execution (cached, big messages excepted); raises :class:`ConfigError`
+#: like :func:`validate_config`.
+parse_config = pluginkit.cached(_build)
 
 
 def validate_config(config: Mapping[str, str]) -> dict[str, str]:
@@ -226,7 +177,7 @@ def validate_config(config: Mapping[str, str]) -> dict[str, str]:
         if key in ("key", "message", "saslUsername", "saslPassword"):
             normalised[key] = value  # spaces may be meaningful
         elif key in ("tlsEnable", "tlsInsecureSkipVerify", "debug"):
-            normalised[key] = "true" if parse_bool(value, key) else "false"
+            normalised[key] = "true" if _flag(config, key) else "false"
         else:
             normalised[key] = value.strip()
     return normalised

@@ -6,13 +6,12 @@ Every value arrives as a string. ``validate_config`` runs at job submission (no 
 
 from __future__ import annotations
 
-import functools
-import math
 import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
 
 __all__ = [
@@ -22,7 +21,6 @@ __all__ = [
     "NatsConfig",
     "Server",
     "check_subject",
-    "parse_bool",
     "parse_config",
     "parse_servers",
     "parse_timeout",
@@ -35,11 +33,6 @@ KNOWN_KEYS = frozenset(
 DEFAULT_PORT = 4222
 DEFAULT_TIMEOUT = 10.0
 
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)\Z")
 # Whitespace and control characters end a token in the NATS protocol; they never belong in a subject.
 _BAD_SUBJECT_CHAR = re.compile(r"[\x00-\x20\x7f]")
 
@@ -75,34 +68,14 @@ class NatsConfig:
     ca_file: str | None
 
 
-def parse_bool(value: str, key: str) -> bool:
-    """strconv.ParseBool spellings (surrounding whitespace tolerated)."""
-    text = value.strip()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{key} must be true or false, got {value!r}", key=key)
+def _debug(value: str) -> bool:
+    # Empty means false, but a value of only spaces is refused (unlike the other bool keys of plugins).
+    return pluginkit.parse_bool(value or "false", "debug")
 
 
 def parse_timeout(value: str, key: str = "timeout") -> float:
     """Seconds (``10``, ``2.5``) or a Go duration (``30s``, ``1m30s``, ``500ms``); must be > 0."""
-    text = value.strip()
-    if _NUMBER.match(text):
-        total = float(text)
-    else:
-        pos, total = 0, 0.0
-        while pos < len(text):
-            match = _DURATION_PART.match(text, pos)
-            if match is None:
-                break
-            total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-            pos = match.end()
-        if not text or pos != len(text):
-            raise ConfigError(f"{key} must be seconds or a duration such as 10s or 500ms, got {value!r}", key=key)
-    if not total > 0 or not math.isfinite(total):
-        raise ConfigError(f"{key} must be greater than zero, got {value!r}", key=key)
-    return total
+    return pluginkit.parse_duration(value, key, expected="seconds or a duration such as 10s or 500ms")
 
 
 def check_subject(subject: str) -> str:
@@ -152,16 +125,8 @@ def parse_servers(value: str) -> tuple[Server, ...]:
     return tuple(_parse_server(piece) for piece in pieces)
 
 
-def _check_keys(config: Mapping[str, str]) -> None:
-    for key, value in config.items():
-        if key not in KNOWN_KEYS:
-            raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(sorted(KNOWN_KEYS))})", key=key)
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string", key=key)
-
-
 def _build(config: Mapping[str, str]) -> NatsConfig:
-    _check_keys(config)
+    pluginkit.check_keys(config, KNOWN_KEYS, suggest=False, strings=True)
     servers = parse_servers(config.get("url", ""))
     subject = check_subject(config.get("subject", "").strip())
     user = config.get("userName", "")
@@ -186,26 +151,14 @@ def _build(config: Mapping[str, str]) -> NatsConfig:
         password=password,
         token=token,
         timeout=parse_timeout(timeout_text) if timeout_text else DEFAULT_TIMEOUT,
-        debug=parse_bool(config.get("debug", "false") or "false", "debug"),
+        debug=_debug(config.get("debug", "")),
         ca_file=ca_file,
     )
 
 
-@functools.lru_cache(maxsize=1024)
-def _build_cached(items: tuple[tuple[str, str], ...]) -> NatsConfig:
-    return _build(dict(items))
-
-
-def parse_config(config: Mapping[str, str]) -> NatsConfig:
-    """Parse a config for execution; raises :class:`ConfigError` like :func:`validate_config`."""
-    try:
-        items = tuple(sorted(config.items()))
-        hash(items)
-    except TypeError:  # non-string values: parse uncached, which names the key
-        return _build(config)
-    if sum(len(v) for _, v in items) > 65536:
-        return _build(config)  # big messages are not kept in the cache
-    return _build_cached(items)
+#: Parse a config for execution (cached, big messages excepted); raises :class:`ConfigError`
+#: like :func:`validate_config`.
+parse_config = pluginkit.cached(_build)
 
 
 def validate_config(config: Mapping[str, str]) -> dict[str, str]:
@@ -216,7 +169,7 @@ def validate_config(config: Mapping[str, str]) -> dict[str, str]:
         if key in ("message", "userName", "password", "token"):
             normalised[key] = value  # spaces may be meaningful
         elif key == "debug":
-            normalised[key] = "true" if parse_bool(value or "false", key) else "false"
+            normalised[key] = "true" if _debug(value) else "false"
         else:
             normalised[key] = value.strip()
     return normalised

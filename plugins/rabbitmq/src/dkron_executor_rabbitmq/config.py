@@ -10,21 +10,19 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "KNOWN_KEYS",
     "RabbitConfig",
-    "parse_bool",
     "parse_config",
     "parse_duration",
     "redact_url",
@@ -53,13 +51,7 @@ KNOWN_KEYS = frozenset(
     }
 )
 
-# strconv.ParseBool spellings, as Dkron parses booleans.
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_NUMBER = re.compile(r"\d+\.?\d*|\.\d+")
+_KNOWN_TEXT = f"known: {', '.join(sorted(KNOWN_KEYS))}"
 
 # AMQP short strings (queue, exchange, message id) are at most 255 bytes.
 _SHORTSTR = 255
@@ -100,33 +92,9 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def parse_bool(config: Mapping[str, str], key: str, default: bool = False) -> bool:
-    raw = config.get(key, "")
-    value = raw.strip()
-    if value == "":
-        return default
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{key} must be true or false, got {raw!r}", key=key)
-
-
 def parse_duration(raw: str, key: str = "timeout") -> float:
-    """A Go duration (``30s``, ``1m30s``, ``500ms``) or a plain number of seconds; must be > 0."""
-    text = raw.strip()
-    if _NUMBER.fullmatch(text):
-        seconds = float(text)
-    else:
-        parts = _DURATION_PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ConfigError(f"{key} must be a duration such as 30s, 1m or 500ms, got {raw!r}", key=key)
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{key} must be greater than zero, got {raw!r}", key=key)
-    if seconds > MAX_TIMEOUT:
-        raise ConfigError(f"{key} must be at most 1h, got {raw!r}", key=key)
-    return seconds
+    """A Go duration (``30s``, ``1m30s``, ``500ms``) or a plain number of seconds; must be > 0 and at most 1h."""
+    return pluginkit.parse_duration(raw, key, maximum=MAX_TIMEOUT, expected="a duration such as 30s, 1m or 500ms")
 
 
 def _check_url(raw: str) -> str:
@@ -193,15 +161,13 @@ def _delivery_mode(config: Mapping[str, str]) -> str:
 
 def validate_config(config: Mapping[str, str]) -> dict[str, str]:
     """Check a job's config at submission; return it normalised (strings only)."""
-    for key in config:
-        if key not in KNOWN_KEYS:
-            raise ConfigError(f"unknown key {key!r} (known: {', '.join(sorted(KNOWN_KEYS))})", key=key)
+    pluginkit.check_keys(config, KNOWN_KEYS, suggest=False, known=_KNOWN_TEXT)
     out: dict[str, str] = {"url": _check_url(config.get("url", ""))}
     out["queue.name"] = _check_short(config, "queue.name", required=True)
     out["exchange"] = _check_short(config, "exchange")
     for key in ("queue.create", "queue.durable", "queue.auto_delete", "queue.exclusive"):
         if key in config:
-            out[key] = "true" if parse_bool(config, key) else "false"
+            out[key] = "true" if pluginkit.parse_bool(config[key], key, default=False) else "false"
     out["message.content_type"] = config.get("message.content_type", "").strip() or "text/plain"
     _check_short(out, "message.content_type")
     mode = _delivery_mode(config)

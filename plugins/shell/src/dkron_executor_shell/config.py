@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
-import math
 import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
 
 __all__ = [
     "KNOWN_KEYS",
     "ShellConfig",
-    "parse_bool",
     "parse_config",
     "parse_duration",
     "parse_env",
@@ -33,24 +31,7 @@ __all__ = [
 
 KNOWN_KEYS = frozenset({"command", "shell", "env", "cwd", "timeout", "mem_limit", "payload", "success_codes"})
 
-# strconv.ParseBool accepts exactly these spellings; anything else is an error there too.
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-# Go's time.ParseDuration units, in seconds ("µ" appears in two Unicode spellings).
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,  # U+00B5 MICRO SIGN, accepted by Go
-    "μs": 1e-6,  # U+03BC GREEK MU, accepted by Go
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 _MEM_UNITS = {
     "": 1,
@@ -83,33 +64,13 @@ class ShellConfig:
     success_codes: frozenset[int]
 
 
-def parse_bool(value: str, key: str) -> bool:
-    """strconv.ParseBool semantics (surrounding whitespace tolerated)."""
-    text = value.strip()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{key} must be true or false, got {value!r}", key=key)
-
-
 def parse_duration(value: str, key: str = "timeout") -> float:
-    """Parse a Go duration (``30s``, ``1h30m``, ``1.5s``, ``500ms``) to seconds; must be > 0."""
-    text = value.strip()
-    negative = text[:1] == "-"
-    body = text[1:] if text[:1] in ("+", "-") else text
-    pos, total = 0, 0.0
-    while body and pos < len(body):
-        match = _DURATION_PART.match(body, pos)
-        if match is None:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not body or pos != len(body):
-        raise ConfigError(f"{key} must be a duration such as 30s, 1h30m or 500ms, got {value!r}", key=key)
-    if negative or not total > 0 or not math.isfinite(total):
-        raise ConfigError(f"{key} must be greater than zero, got {value!r}", key=key)
-    return total
+    """Parse a Go duration (``30s``, ``1h30m``, ``1.5s``, ``500ms``) to seconds; must be > 0.
+
+    As in Go, a sign is accepted (a negative duration fails as not greater than zero) and a bare
+    number is not: ``10`` is refused, not read as seconds.
+    """
+    return pluginkit.parse_duration(value, key, seconds=False, signed=True)
 
 
 def parse_mem_limit(value: str, key: str = "mem_limit") -> int:
@@ -196,25 +157,18 @@ def _parse_payload(value: str) -> bytes:
         raise ConfigError("payload must be valid base64", key="payload") from None
 
 
-def _check_keys(config: Mapping[str, str]) -> None:
-    for key, value in config.items():
-        if key == "su":
-            # Dkron's su needs the agent to run as root; not offered here, say so clearly.
-            raise ConfigError("su is not supported by this shell executor", key="su")
-        if key not in KNOWN_KEYS:
-            raise ConfigError(f"unknown key {key!r} (known keys: {', '.join(sorted(KNOWN_KEYS))})", key=key)
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string", key=key)
+#: Dkron keys refused with a reason: Dkron's su needs the agent to run as root; not offered here.
+_UNSUPPORTED = {"su": "su is not supported by this shell executor"}
 
 
 def _build(config: Mapping[str, str]) -> ShellConfig:
-    _check_keys(config)
+    pluginkit.check_keys(config, KNOWN_KEYS, unsupported=_UNSUPPORTED, suggest=False, strings=True)
     command = config.get("command", "")
     if not command.strip():
         raise ConfigError("command is required", key="command")
     if "\0" in command:
         raise ConfigError("command contains a NUL byte", key="command")
-    if parse_bool(config.get("shell", "false"), "shell"):
+    if pluginkit.parse_bool(config.get("shell", "false"), "shell"):
         argv: tuple[str, ...] = ("/bin/sh", "-c", command)
     else:
         try:
@@ -246,22 +200,11 @@ def _build(config: Mapping[str, str]) -> ShellConfig:
 #: Configs with a larger (base64) payload are not cached, so the cache stays a few MB at most.
 _MAX_CACHED_PAYLOAD = 4096
 
-
-@functools.lru_cache(maxsize=2048)
-def _build_cached(items: tuple[tuple[str, str], ...]) -> ShellConfig:
-    return _build(dict(items))
-
-
-def parse_config(config: Mapping[str, str]) -> ShellConfig:
-    """Parse a config for execution; raises :class:`ConfigError` like :func:`validate_config`."""
-    if len(config.get("payload", "")) > _MAX_CACHED_PAYLOAD:
-        return _build(config)  # keep the cache small: big payloads are decoded per run
-    try:
-        items = tuple(sorted(config.items()))
-        hash(items)
-    except TypeError:  # unhashable (non-string) values: parse uncached, which reports the key
-        return _build(config)
-    return _build_cached(items)
+#: Parse a config for execution (cached: every run parses it again); raises :class:`ConfigError`
+#: like :func:`validate_config`. Big payloads are decoded per run, to keep the cache small.
+parse_config = pluginkit.cached(
+    _build, maxsize=2048, max_chars=_MAX_CACHED_PAYLOAD, size=lambda config: len(config.get("payload", ""))
+)
 
 
 def validate_config(config: Mapping[str, str]) -> dict[str, str]:
@@ -276,7 +219,7 @@ def validate_config(config: Mapping[str, str]) -> dict[str, str]:
         if key in ("command", "env", "payload"):
             normalised[key] = value  # leading/trailing spaces may be meaningful here
         elif key == "shell":
-            normalised[key] = "true" if parse_bool(value, "shell") else "false"
+            normalised[key] = "true" if pluginkit.parse_bool(value, "shell") else "false"
         else:
             normalised[key] = value.strip()
     return normalised

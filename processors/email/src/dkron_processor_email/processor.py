@@ -30,6 +30,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
 
 __all__ = [
@@ -52,6 +53,7 @@ log = logging.getLogger(LOGGER_NAME)
 
 #: ``reporting_node`` is injected by Dkron into every processor's config, so it is accepted.
 KNOWN_KEYS = frozenset({"emails", "forward", "on", "subject", "include_output", "reporting_node"})
+_KNOWN_TEXT = f"the email processor knows {', '.join(sorted(KNOWN_KEYS - {'reporting_node'}))}"
 ON_VALUES = ("always", "failure", "success")
 TLS_MODES = ("starttls", "tls", "none")
 #: Port used when ``mail-port`` is 0, per ``mail-tls``.
@@ -65,8 +67,6 @@ MAX_SUBJECT = 200
 #: Placeholders a ``subject`` template may use.
 SUBJECT_FIELDS = ("job", "status", "node", "execution_id", "attempt")
 
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 # A syntactic check, deliberately simple: local@domain, no spaces, quotes, brackets or separators
 # in the local part, and a domain of dot-separated LDH labels (or an IP literal in brackets).
 _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
@@ -79,15 +79,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _parse_bool(config: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = config.get(key)
-    value = raw.strip() if isinstance(raw, str) else raw
-    if value is None or value == "":
-        return default
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{key} must be true or false, got {raw!r}", key=key)
+    raw = config.get(key)  # unlike pluginkit.parse_forward, a None value here means "not set"
+    return pluginkit.parse_bool("" if raw is None else raw, key, default=default)
 
 
 def _valid_address(address: str) -> bool:
@@ -465,10 +458,7 @@ class EmailProcessor:
         self.settings: Mapping[str, Any] = dict(settings or {})
 
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
-        for key in config:
-            if key not in KNOWN_KEYS:
-                known = ", ".join(sorted(KNOWN_KEYS - {"reporting_node"}))
-                raise ConfigError(f"unknown key {key!r} (the email processor knows {known})", key=key)
+        pluginkit.check_keys(config, KNOWN_KEYS, suggest=False, known=_KNOWN_TEXT)
         options = JobOptions.parse(config)
         normalised = {key: str(value).strip() for key, value in config.items()}
         normalised["emails"] = ",".join(options.emails)

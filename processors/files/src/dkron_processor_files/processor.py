@@ -24,7 +24,9 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
+from dkron.pluginkit import parse_forward
 
 __all__ = [
     "DEFAULT_LOG_DIR",
@@ -47,21 +49,8 @@ DIR_MODE = 0o755
 #: Longest kept part of a name; longer (or cleaned) names get a hash suffix instead.
 MAX_COMPONENT = 150
 
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _LEADING_DOTS = re.compile(r"^\.+")
-
-
-def parse_forward(config: Mapping[str, str]) -> bool:
-    """The ``forward`` flag (default false); raises :class:`ConfigError` if it is not a bool."""
-    raw = config.get("forward", "false")
-    value = raw.strip() if isinstance(raw, str) else raw
-    if value in _TRUE:
-        return True
-    if value in _FALSE or value == "":
-        return False
-    raise ConfigError(f"forward must be true or false, got {raw!r}", key="forward")
 
 
 def parse_log_dir(config: Mapping[str, str]) -> str:
@@ -146,9 +135,9 @@ class FilesProcessor:
     """Stateless; one instance serves every execution."""
 
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
-        for key in config:
-            if key not in KNOWN_KEYS:
-                raise ConfigError(f"unknown key {key!r} (the files processor knows 'forward' and 'log_dir')", key=key)
+        pluginkit.check_keys(
+            config, KNOWN_KEYS, suggest=False, known="the files processor knows 'forward' and 'log_dir'"
+        )
         normalised = {key: str(value).strip() for key, value in config.items()}
         if "forward" in config:
             normalised["forward"] = "true" if parse_forward(config) else "false"

@@ -21,7 +21,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
+from dkron.pluginkit import parse_forward
 from dkron_processor_fluent.forward import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -40,26 +42,12 @@ log = logging.getLogger("dkron.processor.fluent")
 PLACEHOLDER = "Output sent to Fluent"
 DEFAULT_TAG = "dkron"
 
-# strconv.ParseBool spellings, as Dkron parses ``forward``.
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
 #: Fluent tags are dot-separated words; no spaces or control characters.
 _TAG = re.compile(r"[A-Za-z0-9_.\-:/@+]{1,256}\Z")
 
 #: ``reporting_node`` is injected by Dkron into every processor's config: accept it.
 KNOWN_KEYS = frozenset({"forward", "address", "tag", "reporting_node"})
-
-
-def parse_forward(config: Mapping[str, str]) -> bool:
-    """The ``forward`` flag (default false); raises :class:`ConfigError` if it is not a bool."""
-    raw = config.get("forward", "false")
-    value = raw.strip()
-    if value in _TRUE:
-        return True
-    if value in _FALSE or value == "":
-        return False
-    raise ConfigError(f"forward must be true or false, got {raw!r}", key="forward")
+_KNOWN_TEXT = f"the fluent processor knows {', '.join(sorted(KNOWN_KEYS - {'reporting_node'}))}"
 
 
 def _check_tag(tag: str, key: str) -> str:
@@ -127,10 +115,7 @@ class FluentProcessor:
     timeout = TIMEOUT
 
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
-        for key in config:
-            if key not in KNOWN_KEYS:
-                known = ", ".join(sorted(KNOWN_KEYS - {"reporting_node"}))
-                raise ConfigError(f"unknown key {key!r} (the fluent processor knows {known})", key=key)
+        pluginkit.check_keys(config, KNOWN_KEYS, suggest=False, known=_KNOWN_TEXT)
         normalised = {key: str(value).strip() for key, value in config.items()}
         if "forward" in config:
             normalised["forward"] = "true" if parse_forward(config) else "false"

@@ -11,7 +11,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from dkron.contracts import ConfigError
+from dkron import pluginkit
+from dkron.pluginkit import parse_forward
 
 __all__ = ["LOGGER_NAME", "PLACEHOLDER", "LogProcessor", "parse_forward"]
 
@@ -21,33 +22,16 @@ PLACEHOLDER = "Output in dkron log"
 
 log = logging.getLogger(LOGGER_NAME)
 
-# strconv.ParseBool spellings, as Dkron parses ``forward``.
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
 #: Keys a job may set. ``reporting_node`` is injected by Dkron into every processor's config
 #: (the node that processed the execution), so it must not be rejected.
 KNOWN_KEYS = frozenset({"forward", "reporting_node"})
-
-
-def parse_forward(config: Mapping[str, str]) -> bool:
-    """The ``forward`` flag (default false); raises :class:`ConfigError` if it is not a bool."""
-    raw = config.get("forward", "false")
-    value = raw.strip() if isinstance(raw, str) else raw
-    if value in _TRUE:
-        return True
-    if value in _FALSE or value == "":
-        return False
-    raise ConfigError(f"forward must be true or false, got {raw!r}", key="forward")
 
 
 class LogProcessor:
     """Stateless; one instance serves every execution."""
 
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
-        for key in config:
-            if key not in KNOWN_KEYS:
-                raise ConfigError(f"unknown key {key!r} (the log processor only knows 'forward')", key=key)
+        pluginkit.check_keys(config, KNOWN_KEYS, suggest=False, known="the log processor only knows 'forward'")
         normalised = {key: str(value).strip() for key, value in config.items()}
         if "forward" in config:
             normalised["forward"] = "true" if parse_forward(config) else "false"

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dkron import pluginkit
 from dkron.contracts import ConfigError
+from dkron.pluginkit import parse_forward
 from dkron_processor_syslog.transport import FACILITIES, TIMEOUT, Address, frame, parse_address, send
 
 __all__ = ["KNOWN_KEYS", "PLACEHOLDER", "SyslogConfig", "SyslogProcessor", "parse_config", "parse_forward"]
@@ -31,15 +33,12 @@ DEFAULT_TAG = "dkron"
 SEVERITY_INFO = 6
 SEVERITY_WARNING = 4
 
-# strconv.ParseBool spellings, as Dkron parses ``forward``.
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-
 #: RFC 3164's TAG is at most 32 alphanumeric characters; we also allow ``_ . - /``.
 _TAG = re.compile(r"[A-Za-z0-9_./-]{1,32}\Z")
 
 #: ``reporting_node`` is injected by Dkron into every processor's config: accept it.
 KNOWN_KEYS = frozenset({"forward", "address", "facility", "tag", "reporting_node"})
+_KNOWN_TEXT = f"the syslog processor knows {', '.join(sorted(KNOWN_KEYS - {'reporting_node'}))}"
 
 
 @dataclass(frozen=True)
@@ -53,22 +52,8 @@ class SyslogConfig:
         return FACILITIES[self.facility] * 8 + (SEVERITY_INFO if success else SEVERITY_WARNING)
 
 
-def parse_forward(config: Mapping[str, str]) -> bool:
-    """The ``forward`` flag (default false); raises :class:`ConfigError` if it is not a bool."""
-    raw = config.get("forward", "false")
-    value = raw.strip()
-    if value in _TRUE:
-        return True
-    if value in _FALSE or value == "":
-        return False
-    raise ConfigError(f"forward must be true or false, got {raw!r}", key="forward")
-
-
 def parse_config(config: Mapping[str, str]) -> SyslogConfig:
-    for key in config:
-        if key not in KNOWN_KEYS:
-            known = ", ".join(sorted(KNOWN_KEYS - {"reporting_node"}))
-            raise ConfigError(f"unknown key {key!r} (the syslog processor knows {known})", key=key)
+    pluginkit.check_keys(config, KNOWN_KEYS, suggest=False, known=_KNOWN_TEXT)
     forward = parse_forward(config)
     try:
         address = parse_address(config.get("address", ""))
