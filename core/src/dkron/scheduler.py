@@ -195,7 +195,7 @@ class Scheduler:
             heapq.heappush(self._plan, (fire, next(self._seq), entry.job["name"], entry.version))
 
     def _reload(self, name: str, now_ms: int) -> None:
-        job = self.reader.get_job(name)
+        job = self.reader.get_job(name, with_children=False)
         entry = self._load(job) if job else None
         if entry is None:
             self._jobs.pop(name, None)

@@ -135,7 +135,7 @@ def _save_job(payload: Any, path_name: str | None = None) -> Response:
         job = validate_job(payload, executors=node.plugins.executors, processors=node.plugins.processors)
     except JobValidationError as exc:
         raise ApiError(f"job validation failed: {exc}", exc.status, field=exc.field) from None
-    existing = node.reader.get_job(job["name"])
+    existing = node.reader.get_job(job["name"], with_children=False)
     now = datetime.now(UTC)
     reschedule = existing is None or any(
         existing.get(key) != job[key] for key in ("schedule", "timezone", "starts_at", "disabled")

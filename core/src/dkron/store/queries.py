@@ -110,9 +110,9 @@ class Reader:
         ).fetchall()
         return [self._job(row) for row in rows], total
 
-    def get_job(self, name: str) -> dict[str, Any] | None:
+    def get_job(self, name: str, *, with_children: bool = True) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM jobs WHERE name=?", (name,)).fetchone()
-        return self._job(row) if row else None
+        return self._job(row, with_children=with_children) if row else None
 
     def job_names(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM jobs")]
