@@ -189,6 +189,10 @@ class Agent:
 
     def _prepare_leadership(self) -> None:
         """Runs in the scheduler's thread when this server starts leading, before planning."""
+        # Barrier: commit a no-op in this term and wait for it. Entries the previous leader
+        # committed are applied here only then; planning on an older view would take ticks it
+        # already launched for missed ones and launch them again.
+        self.write("noop", {}, timeout=10)
         self.cluster.membership.reset(self.reader.nodes())
         self.cluster.membership.heartbeat(
             self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__

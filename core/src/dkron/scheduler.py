@@ -288,7 +288,7 @@ class Scheduler:
             run_id=launch["run_id"],
             execution_id=launch["execution_id"],
             node_name=launch["node"],
-            kind=launch["kind"],
+            kind="scheduled" if launch["kind"] == "tick" else launch["kind"],  # a stored slot name
             scheduled_ms=launch["scheduled_ms"],
             group=launch["scheduled_ms"] * 1_000_000,
         )

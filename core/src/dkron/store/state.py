@@ -287,7 +287,9 @@ class StateMachine:
         for launch in payload["launches"]:
             if not self._job_exists(launch["job"]):
                 continue
-            key = (launch["job"], launch["scheduled_ms"], launch["kind"])
+            # One slot per tick, whatever launched it (scheduled, catch-up): the first record wins.
+            # Manual runs have their own slot (their "tick" is the request time).
+            key = (launch["job"], launch["scheduled_ms"], "manual" if launch["kind"] == "manual" else "tick")
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO launches(job, scheduled_ms, kind, run_id, execution_id, node,"
                 " created_ms, proposal) VALUES (?,?,?,?,?,?,?,?)",
