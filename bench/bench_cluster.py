@@ -1,0 +1,526 @@
+"""A real cluster on this machine: 3 servers + 2 agents, throughput, thundering herd, failover.
+
+Usage::
+
+    .venv/bin/python bench/bench_cluster.py                       # all three sections, default sizes
+    .venv/bin/python bench/bench_cluster.py --sections a --counts 100,250,500 --seconds 15
+    .venv/bin/python bench/bench_cluster.py --sections b --herd-jobs 5000
+    .venv/bin/python bench/bench_cluster.py --sections c --failover-jobs 1000 --kills 5
+
+Every section starts its own fresh cluster (``bench/chaos.py``'s ``LocalCluster``: 3 servers with
+``--bootstrap-expect 3`` and 2 agents tagged ``pool=web``, separate processes on 127.0.0.1), and
+stops it. Jobs have tags ``{"pool": "web:1"}`` (one agent per launch) and run the ``stamp``
+command of ``_common.py`` (see README.md: it appends ``<DKRON_RUN_ID> <wall ns>`` as soon as its
+process starts), so **lateness = process start - scheduled second**, spawn included.
+
+(a) **Throughput**: ``@every 1s`` jobs at increasing counts (``--counts``; jobs are added to reach
+    each count). After ``--warmup`` s, a window of ``--seconds`` whole seconds: launches per
+    second achieved (started before window end + 5 s), lateness p50/p99/max, duplicates, and the
+    CPU of the leader and of the agents. Target: >= 500 launches/s with p99 <= 250 ms.
+(b) **Thundering herd**: ``--herd-jobs`` jobs ``@at T``, one second ~30-90 s ahead (the lead is
+    computed from the job creation rate measured on 200 ``@manually`` probe jobs). Reports how long
+    after T the last one started, lateness percentiles, how many never started (with the
+    execution records of a few of those) and duplicates. Target: all started within 5 s of T.
+(c) **Failover**: ``--failover-jobs`` jobs defined, ``--failover-active`` of them ``@every 1s``
+    (the rest yearly, so the new leader loads them all but the machine is not saturated), then
+    ``--kills`` times: ``kill -9`` the leader at ``--kill-phase`` of a second (0.9: just before a
+    tick, so the wait for the next whole second does not pad the figure), restart it 2 s later,
+    let it settle. Failover = kill -> start of the first run of a tick after the kill (launched by
+    the new leader). Also: kill -> a surviving server answers ``/v1/isleader`` 200. Target:
+    median <= 1 s.
+
+The last line of the output is one JSON object, as in the other benchmarks.
+
+Measured on the 2-core machine shared with other engineers' test suites (2026-11-30; every
+run prints load1 in its header; each node is one CPython process):
+
+(a) ``--sections a`` (counts 100, 250, 500; 15 s windows), three runs:
+
+    ====== ==================== ==================== ======================== =================
+    jobs   load1 2.2            load1 0.6            load1 17.7 (other suite) leader / agents
+                                                                              CPU % (load1 0.6)
+    ====== ==================== ==================== ======================== =================
+    100    100/s, p99 190 ms    100/s, p99 244 ms    100/s, p99 248 ms        13 / 8 + 7
+    250    233/s, p99 396 ms *  250/s, p99 513 ms    250/s, p99 539 ms        32 / 18 + 19
+    500    467/s, p99 823 ms *  367/s, p99 4053 ms   269/s, p99 14281 ms      27 / 31 + 30
+    ====== ==================== ==================== ======================== =================
+
+    ``*``: one whole tick of the window never launched (that work dir was not kept; in the later
+    runs, such ticks came with leader changes and ``missed`` records). At 500 jobs the machine is saturated
+    (195-199 % of 200) and Raft leadership flaps (the last two runs: 10-15 elections in ~10 s,
+    after followers logged ``failed _onTick`` / ``pickle data was truncated`` for a >64 KiB
+    entry); the backlog then grows. No duplicates in any run. Target (>= 500 launches/s with
+    p99 <= 250 ms): **not met**; ~250 launches/s is sustained with p99 ~0.4-0.5 s.
+
+(b) ``--sections b`` (5,000 jobs ``@at`` one second, load1 2.0): all 5,000 started, none lost,
+    no duplicate; the first 11 ms after T, half by T+5.4 s, all by **T+9.8 s** (a steady
+    ~510 launches/s; leader 61 % CPU, agents 30 % each, machine 158 %). Target (all within
+    5 s): **not met**. Both followers logged ``failed _onTick`` (truncated pickle) for the
+    5,000-launch Raft entry; it was re-sent and committed.
+
+(c) ``--sections c`` (1,000 jobs, 100 every second, 5 kill -9 of the leader), two runs:
+    code 0e05480, load1 4.2: failover 0.63 / 0.67 / 0.76 / 0.72 / 0.71 s, **median 0.71 s**;
+    code 9c93b21 (new leaders commit a barrier first), load1 1.1: 1.43 / 0.87 / 0.64 / 0.73 /
+    1.14 s, **median 0.87 s**. A surviving server answered ``/v1/isleader`` a median 0.65 s and
+    0.75 s after the kill (the election is most of the failover); every active job's first two
+    ticks after each kill started (100/100). Target (median <= 1 s): **met** in both runs.
+
+Code versions: (a) load1 2.2 and 17.7 on 138f675/0e05480, load1 0.6 on 9c93b21; (b) on 0e05480.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    ProcSampler,
+    analyze_stamps,
+    code_version,
+    machine_line,
+    make_stamp,
+    percentile,
+    print_json_line,
+    print_table,
+    rnd,
+    sleep_until,
+    verdict,
+    workdir,
+)
+from chaos import NETWORK_ERRORS, LocalCluster, NodeProc
+
+TAGS = {"pool": "web:1"}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def start_cluster(base: Path, server_args: Sequence[str] = ()) -> tuple[LocalCluster, NodeProc]:
+    cluster = LocalCluster(base, server_args=list(server_args))
+    t0 = time.monotonic()
+    try:
+        cluster.start(timeout=180)
+    except BaseException:
+        cluster.kill_all()
+        raise
+    leader = cluster.wait_ready(60)
+    print(f"  cluster ready in {time.monotonic() - t0:.1f}s, leader {leader.name}", flush=True)
+    return cluster, leader
+
+
+def create_jobs(cluster: LocalCluster, jobs: list[dict[str, Any]], threads: int = 8) -> float:
+    """POST every job to the leader from ``threads`` keep-alive sessions; returns jobs/s."""
+    import requests
+
+    if not jobs:
+        return 0.0
+    state = {"url": ""}
+    lock = threading.Lock()
+
+    def leader_url(stale: str = "") -> str:
+        with lock:
+            if not state["url"] or state["url"] == stale:
+                leader = cluster.leader(timeout=30)
+                if leader is None:
+                    raise TimeoutError("no leader")
+                state["url"] = leader.url
+            return state["url"]
+
+    def worker(chunk: list[dict[str, Any]]) -> None:
+        session = requests.Session()
+        for job in chunk:
+            deadline = time.monotonic() + 60
+            url = leader_url()
+            while True:
+                try:
+                    answer = session.post(url + "/v1/jobs", json=job, timeout=30)
+                    if answer.status_code == 201:
+                        break
+                    problem = f"{answer.status_code} {answer.text[:200]}"
+                    if answer.status_code < 500 and answer.status_code != 409:
+                        raise RuntimeError(f"job {job['name']} refused: {problem}")
+                except requests.RequestException as exc:
+                    problem = repr(exc)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job['name']} not created: {problem}")
+                time.sleep(0.2)
+                url = leader_url(url)
+        session.close()
+
+    t0 = time.monotonic()
+    chunks = [jobs[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(worker, c) for c in chunks if c]:
+            future.result()
+    return len(jobs) / (time.monotonic() - t0)
+
+
+def stamp_job(name: str, schedule: str, config: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "schedule": schedule, "tags": TAGS, "executor": "shell", "executor_config": config}
+
+
+def cpu_snapshot(samplers: dict[str, ProcSampler]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, sampler in samplers.items():
+        with contextlib.suppress(Exception):
+            out[name] = sampler.cpu()
+    return out
+
+
+def cpu_pct(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for name in a.keys() & b.keys():
+        wall = max(b[name]["wall"] - a[name]["wall"], 1e-9)
+        out[name] = round(100 * (b[name]["own"] - a[name]["own"]) / wall, 1)
+        if "busy" in a[name]:
+            out["machine"] = round(100 * (b[name]["busy"] - a[name]["busy"]) / wall, 1)
+    return out
+
+
+def lateness_row(stats: dict[str, Any]) -> dict[str, Any]:
+    late = stats["lateness_ms"]
+    return {
+        "p50_ms": rnd(percentile(late, 50)),
+        "p90_ms": rnd(percentile(late, 90)),
+        "p99_ms": rnd(percentile(late, 99)),
+        "max_ms": rnd(late[-1]) if late else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# (a) throughput
+# ----------------------------------------------------------------------------------------------
+def section_throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    print(f"\n(a) throughput: counts {args.counts}, window {args.seconds}s after {args.warmup}s warm-up", flush=True)
+    kind, description, config = make_stamp(args.stamp, base, base / "a.stamps")
+    print(f"  stamp: {description}")
+    cluster, leader = start_cluster(base / "cluster-a")
+    rows: list[dict[str, Any]] = []
+    try:
+        made = 0
+        for count in args.counts:
+            jobs = [stamp_job(f"tp-{i:05d}", "@every 1s", config) for i in range(made, count)]
+            rate = create_jobs(cluster, jobs, args.threads)
+            made = count
+            leader = cluster.leader(timeout=30) or leader
+            samplers = {"leader": ProcSampler(leader.pid)} | {a.name: ProcSampler(a.pid) for a in cluster.agents}
+            time.sleep(args.warmup)
+            start_s = math.ceil(time.time())
+            sleep_until(start_s)
+            before = cpu_snapshot(samplers)
+            end_s = start_s + args.seconds
+            sleep_until(end_s)
+            after = cpu_snapshot(samplers)
+            time.sleep(args.grace)
+            stats = analyze_stamps(base / "a.stamps", start_s * 1000, end_s * 1000, end_s + args.grace)
+            expected = count * args.seconds
+            row = {
+                "jobs": count,
+                "created_per_s": round(rate, 1),
+                "expected": expected,
+                "achieved": stats["achieved"],
+                "launches_per_s": round(stats["achieved"] / args.seconds, 1),
+                **lateness_row(stats),
+                "duplicates": stats["duplicates"],
+                "cpu_pct": cpu_pct(before, after),
+                "leader": leader.name,
+            }
+            rows.append(row)
+            print(
+                f"  {count} jobs: {row['launches_per_s']}/s of {count}/s, p99 {row['p99_ms']} ms, "
+                f"max {row['max_ms']} ms, dup {row['duplicates']}, cpu {row['cpu_pct']}",
+                flush=True,
+            )
+    finally:
+        stops = cluster.stop_all(40)
+        cluster.kill_all()
+    print()
+    print_table(
+        [
+            (
+                r["jobs"],
+                f"{r['achieved']}/{r['expected']}",
+                r["launches_per_s"],
+                r["p50_ms"],
+                r["p90_ms"],
+                r["p99_ms"],
+                r["max_ms"],
+                r["duplicates"],
+                r["cpu_pct"].get("leader"),
+                "/".join(str(r["cpu_pct"].get(a)) for a in ("a1", "a2")),
+                r["cpu_pct"].get("machine"),
+                r["created_per_s"],
+            )
+            for r in rows
+        ],
+        [
+            "jobs",
+            "launched/expected",
+            "launches/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "dup",
+            "leader cpu%",
+            "agents cpu%",
+            "machine %",
+            "jobs created/s",
+        ],
+    )
+    best = max(rows, key=lambda r: r["jobs"]) if rows else None
+    ok = None
+    if best is not None and best["jobs"] >= 500:
+        ok = best["launches_per_s"] >= 500 and (best["p99_ms"] or math.inf) <= 250
+    print(f"target >= 500 launches/s with p99 <= 250 ms: {verdict(ok)}")
+    return {"rows": rows, "stamp": kind, "target_ok": ok, "stop_s": {n: s.get("seconds") for n, s in stops.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# (b) thundering herd
+# ----------------------------------------------------------------------------------------------
+def section_herd(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    n = args.herd_jobs
+    print(f"\n(b) thundering herd: {n} jobs due in the same second", flush=True)
+    kind, _, config = make_stamp(args.stamp, base, base / "b.stamps")
+    cluster, leader = start_cluster(base / "cluster-b")
+    try:
+        probe = [stamp_job(f"probe-{i:04d}", "@manually", config) for i in range(200)]
+        rate = create_jobs(cluster, probe, args.threads)
+        lead = max(args.herd_lead, n / max(rate, 1.0) * 1.3 + 15)
+        due = math.ceil(time.time() + lead)
+        at = datetime.fromtimestamp(due, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"  creation {rate:.0f} jobs/s on 200 probes; all {n} due at {at} ({lead:.0f}s ahead)", flush=True)
+        jobs = [stamp_job(f"herd-{i:05d}", f"@at {at}", config) for i in range(n)]
+        t0 = time.monotonic()
+        rate = create_jobs(cluster, jobs, args.threads)
+        created_at = time.time()
+        print(f"  {n} jobs created in {time.monotonic() - t0:.1f}s ({rate:.0f}/s), {due - created_at:.1f}s before T")
+        if created_at > due - 2:
+            print("  WARNING: creation ended less than 2 s before T; raise --herd-lead")
+        leader = cluster.leader(timeout=30) or leader
+        samplers = {"leader": ProcSampler(leader.pid)} | {a.name: ProcSampler(a.pid) for a in cluster.agents}
+        sleep_until(due - 1)
+        before = cpu_snapshot(samplers)
+        deadline = due + args.herd_wait
+        stats: dict[str, Any] = {}
+        while time.time() < deadline:
+            time.sleep(0.5)
+            stats = analyze_stamps(base / "b.stamps", due * 1000, due * 1000 + 1, deadline)
+            if stats["achieved"] >= n:
+                break
+        after = cpu_snapshot(samplers)
+        time.sleep(2)  # late duplicates
+        stats = analyze_stamps(base / "b.stamps", due * 1000, due * 1000 + 1, deadline + 10)
+        started = stats["achieved"]
+        starts = sorted(stats["start_ms"].values())
+        all_after = (starts[-1] / 1000 - due) if starts and started >= n else None
+        missing = sorted({j["name"] for j in jobs} - set(stats["per_job"]))
+        samples = []
+        leader = cluster.leader(timeout=30) or leader
+        for name in missing[:5]:
+            with contextlib.suppress(*NETWORK_ERRORS, ValueError):
+                rows = leader.get(f"/v1/jobs/{name}/executions", timeout=10).json()
+                samples.append({"job": name, "records": [(r["status"], r.get("error", "")) for r in rows]})
+        result = {
+            "jobs": n,
+            "due": at,
+            "lead_s": round(lead, 1),
+            "created_per_s": round(rate, 1),
+            "started": started,
+            "never_started": len(missing),
+            "duplicates": stats["duplicates"],
+            "all_started_after_s": rnd(all_after, 2),
+            "half_started_after_s": rnd(starts[len(starts) // 2] / 1000 - due, 2) if starts else None,
+            **lateness_row(stats),
+            "cpu_pct": cpu_pct(before, after),
+            "missing_samples": samples,
+            "stamp": kind,
+        }
+    finally:
+        stops = cluster.stop_all(40)
+        cluster.kill_all()
+    result["stop_s"] = {name: s.get("seconds") for name, s in stops.items()}
+    print()
+    print_table(
+        [
+            ("jobs due at T", n),
+            ("started", started),
+            ("never started", len(missing)),
+            ("duplicates", stats["duplicates"]),
+            ("half started by T +", f"{result['half_started_after_s']} s"),
+            ("all started by T +", f"{result['all_started_after_s']} s"),
+            ("lateness p50 / p99 / max ms", f"{result['p50_ms']} / {result['p99_ms']} / {result['max_ms']}"),
+            ("cpu % (T-1 s until all started)", result["cpu_pct"]),
+            ("job creation", f"{result['created_per_s']} jobs/s"),
+        ],
+        ["herd", "value"],
+    )
+    for sample in samples:
+        print(f"  never started: {sample['job']}: {sample['records'] or 'no execution record'}")
+    ok = started >= n and not stats["duplicates"] and all_after is not None and all_after <= 5
+    result["target_ok"] = ok
+    print(f"target: all {n} started within 5 s, none lost: {verdict(ok)}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# (c) failover
+# ----------------------------------------------------------------------------------------------
+def wait_isleader(servers: list[NodeProc], t_kill: float, timeout: float = 15.0) -> float | None:
+    """Seconds from the kill until one of ``servers`` answers /v1/isleader 200 (polled every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for server in servers:
+            with contextlib.suppress(*NETWORK_ERRORS):
+                if server.get("/v1/isleader", timeout=0.5).status == 200:
+                    return time.time() - t_kill
+        time.sleep(0.02)
+    return None
+
+
+def section_failover(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    print(
+        f"\n(c) failover: {args.failover_jobs} jobs ({args.failover_active} every second), {args.kills} kill -9",
+        flush=True,
+    )
+    kind, _, config = make_stamp(args.stamp, base, base / "c.stamps")
+    cluster, leader = start_cluster(base / "cluster-c")
+    kills: list[dict[str, Any]] = []
+    try:
+        jobs = [
+            stamp_job(f"fo-{i:05d}", "@every 1s" if i < args.failover_active else "0 0 4 1 1 *", config)
+            for i in range(args.failover_jobs)
+        ]
+        rate = create_jobs(cluster, jobs, args.threads)
+        print(f"  {len(jobs)} jobs created ({rate:.0f}/s)", flush=True)
+        time.sleep(args.warmup)
+        for k in range(args.kills):
+            leader = cluster.wait_ready(90)
+            time.sleep(args.calm)
+            leader = cluster.leader(timeout=30) or leader
+            survivors = [s for s in cluster.servers if s is not leader]
+            kill_at = math.floor(time.time()) + 1 + args.kill_phase
+            sleep_until(kill_at)
+            t_kill = time.time()
+            leader.kill9()
+            elected = wait_isleader(survivors, t_kill)
+            time.sleep(max(0.0, args.restart_after - (time.time() - t_kill)))
+            leader.start()
+            kills.append({"victim": leader.name, "at": t_kill, "elected_s": rnd(elected, 3)})
+            print(f"  kill {k + 1}: {leader.name} at {t_kill:.3f}, a new leader after {rnd(elected, 3)} s", flush=True)
+        cluster.wait_ready(90)
+        time.sleep(2)
+    finally:
+        stops = cluster.stop_all(40)
+        cluster.kill_all()
+    # runs: (tick ms, start s) from the stamp file
+    runs: list[tuple[int, float]] = []
+    for line in (base / "c.stamps").read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            run_id, ns = line.split()
+            runs.append((int(run_id.rpartition("@")[2]), int(ns) / 1e9))
+    runs.sort(key=lambda r: r[1])
+    for item in kills:
+        t_kill = item["at"]
+        first = next((r for r in runs if r[0] / 1000 > t_kill and r[1] >= t_kill), None)
+        item["failover_s"] = rnd(first[1] - t_kill, 3) if first else None
+        item["first_tick_late_ms"] = rnd((first[1] - first[0] / 1000) * 1000, 1) if first else None
+        # launches of the first two ticks after the kill that started, out of the active jobs
+        ticks = sorted({r[0] for r in runs if r[0] / 1000 > t_kill})[:2]
+        item["first_ticks_started"] = [sum(1 for r in runs if r[0] == t) for t in ticks]
+    values = [k["failover_s"] for k in kills if k["failover_s"] is not None]
+    elected = [k["elected_s"] for k in kills if k["elected_s"] is not None]
+    print()
+    print_table(
+        [
+            (
+                i + 1,
+                k["victim"],
+                k["elected_s"],
+                k["failover_s"],
+                k["first_tick_late_ms"],
+                "/".join(str(x) for x in k["first_ticks_started"]),
+            )
+            for i, k in enumerate(kills)
+        ],
+        ["kill", "victim", "new leader s", "failover s", "first tick late ms", f"started of {args.failover_active}"],
+    )
+    median = statistics.median(values) if values else None
+    ok = median is not None and median <= 1.0 and len(values) == len(kills)
+    print(f"failover median {rnd(median, 3)} s, worst {max(values) if values else None} s")
+    print(f"target: failover median <= 1 s: {verdict(ok)}")
+    return {
+        "jobs": args.failover_jobs,
+        "active": args.failover_active,
+        "kills": kills,
+        "failover_median_s": rnd(median, 3),
+        "failover_max_s": max(values) if values else None,
+        "elected_median_s": rnd(statistics.median(elected), 3) if elected else None,
+        "target_ok": ok,
+        "stamp": kind,
+        "stop_s": {name: s.get("seconds") for name, s in stops.items()},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", default="a,b,c", help="which sections to run: a,b,c")
+    parser.add_argument("--counts", default="100,250,500", help="(a) job counts, comma-separated")
+    parser.add_argument("--seconds", type=int, default=15, help="(a) measured window per count (s)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="(a, c) seconds before measuring")
+    parser.add_argument("--grace", type=float, default=5.0, help="(a) a launch counts if started by window end + this")
+    parser.add_argument("--herd-jobs", type=int, default=5000, help="(b) jobs due in the same second")
+    parser.add_argument("--herd-lead", type=float, default=30.0, help="(b) at least this many s between start and T")
+    parser.add_argument("--herd-wait", type=float, default=90.0, help="(b) wait at most this long after T")
+    parser.add_argument("--failover-jobs", type=int, default=1000, help="(c) jobs defined")
+    parser.add_argument("--failover-active", type=int, default=100, help="(c) of which @every 1s")
+    parser.add_argument("--kills", type=int, default=5, help="(c) number of kill -9 of the leader")
+    parser.add_argument("--kill-phase", type=float, default=0.9, help="(c) kill at this fraction of a second")
+    parser.add_argument("--restart-after", type=float, default=2.0, help="(c) restart the victim after (s)")
+    parser.add_argument("--calm", type=float, default=4.0, help="(c) seconds of calm before each kill")
+    parser.add_argument("--threads", type=int, default=8, help="client threads creating jobs")
+    parser.add_argument("--stamp", default="auto", choices=("auto", "c", "bash", "date"), help="timing command")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (node logs, stamp files)")
+    args = parser.parse_args(argv)
+    args.counts = [int(c) for c in args.counts.split(",") if c.strip()]
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    if not sections <= {"a", "b", "c"}:
+        parser.error("--sections takes a, b and/or c")
+
+    print(f"bench_cluster: {machine_line()}; code {code_version()}", flush=True)
+    base, cleanup = workdir("dkron-bench-cluster-", args.keep)
+    results: dict[str, Any] = {"bench": "cluster", "code": code_version()}
+    t0 = time.monotonic()
+    try:
+        if "a" in sections:
+            results["throughput"] = section_throughput(args, base)
+        if "b" in sections:
+            results["herd"] = section_herd(args, base)
+        if "c" in sections:
+            results["failover"] = section_failover(args, base)
+    finally:
+        if args.keep:
+            print(f"work dir kept: {base}")
+        cleanup()
+    results["wall_s"] = round(time.monotonic() - t0, 1)
+    print()
+    print_json_line(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
