@@ -181,7 +181,7 @@ class Agent:
             reader=self.reader,
             runner=self.runner,
             record=self.recorder.add,
-            is_leader=lambda: self.is_leader,
+            is_leader=lambda: self.is_leader and self.raft is not None and self.raft.has_lease(),
             grace=FAILURE_TIMEOUT,
         )
         self.reaper.start()
@@ -192,7 +192,12 @@ class Agent:
         # Barrier: commit a no-op in this term and wait for it. Entries the previous leader
         # committed are applied here only then; planning on an older view would take ticks it
         # already launched for missed ones and launch them again.
-        self.write("noop", {}, timeout=10)
+        # The barrier is also the fence: this term becomes the epoch below which the state
+        # machine refuses launches, so a deposed leader's late proposals cannot commit.
+        assert self.raft is not None
+        epoch = self.raft.raftCurrentTerm
+        self.write("set_epoch", {"epoch": epoch}, timeout=10)
+        self.scheduler.epoch = epoch
         self.cluster.membership.reset(self.reader.nodes())
         self.cluster.membership.heartbeat(
             self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__
@@ -332,7 +337,7 @@ class Agent:
         self._stopped.set()
         log.info("stopping: waiting up to %.0fs for running executions", self.config["shutdown-timeout"])
         if self.is_server:
-            self.scheduler.set_leader(False)
+            self.scheduler.retire()  # a re-election while stopping must not resume scheduling
             self._hand_over_leadership()
         self.runner.shutdown(self.config["shutdown-timeout"])
         if self.is_server:

@@ -121,6 +121,10 @@ class Scheduler:
         self._due_lock = threading.Condition()
         self._seq = itertools.count()
         self.paused = False
+        #: This leader's epoch (its Raft term when it took office); every launch carries it and
+        #: the state machine refuses launches from an older epoch.
+        self.epoch: int | None = None
+        self._retired = False
         #: Called in the planner thread when this node starts leading, before it plans anything
         #: (the cluster layer reloads its membership there).
         self.on_leadership: Callable[[], None] = lambda: None
@@ -146,9 +150,14 @@ class Scheduler:
         for thread in self._threads:
             thread.join(5)
 
+    def retire(self) -> None:
+        """Stop scheduling for good (the node is stopping): a later re-election is ignored."""
+        self._retired = True
+        self.set_leader(False)
+
     def set_leader(self, leading: bool) -> None:
         """Called when Raft leadership changes (from the tick thread: must not block)."""
-        if leading:
+        if leading and not self._retired:
             self._leading.set()
         else:
             self._leading.clear()
@@ -314,6 +323,7 @@ class Scheduler:
             "run_id": run_id_for(job, ticks[-1]),
             "status": "missed",
             "missed": len(ticks),
+            "last_tick_ms": ticks[-1],
             "kind": "scheduled",
             "node_name": self.node_name,
             "scheduled_at": last,
@@ -370,6 +380,7 @@ class Scheduler:
             state["next"] = format_time(_dt(nxt)) if nxt else None
         payload = {
             "launches": launches,
+            "epoch": self.epoch,
             "proposal": uuid.uuid4().hex,
             "now_ms": now,
             "schedule_state": schedule_state,
@@ -504,7 +515,7 @@ class Scheduler:
             "run_id": f"{name}@manual-{now}-{suffix}",
             "execution_id": f"{now * 1_000_000}",
         }
-        result = self.write("launch", {"launches": [launch], "proposal": suffix, "now_ms": now})
+        result = self.write("launch", {"launches": [launch], "epoch": self.epoch, "proposal": suffix, "now_ms": now})
         if launch["run_id"] not in (result or {}).get("accepted", ()):
             raise RunRefused(f"job {name} could not be launched (deleted meanwhile?)")
         spec = self._spec(job, launch)

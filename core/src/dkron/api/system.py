@@ -20,8 +20,12 @@ _spec_cache: dict[str, object] = {}
 def health() -> Response:
     node = agent()
     leader = node.raft.leader_addr() if node.raft else None
-    body = {"status": "healthy" if leader else "unhealthy", "leader": leader, "node": node.node_name}
-    return json_response(body, 200 if leader else 503)
+    diverged = bool(node.raft and node.raft.diverged)
+    status = "diverged" if diverged else "healthy" if leader else "unhealthy"
+    body = {"status": status, "leader": leader, "node": node.node_name}
+    if diverged:
+        body["error"] = "this server's state database is behind its Raft snapshot; see its log"
+    return json_response(body, 200 if leader and not diverged else 503)
 
 
 RAFT_FIELDS = ("state", "leader", "has_quorum", "raft_term", "commit_idx", "last_applied", "log_len")

@@ -204,6 +204,11 @@ class RaftNode(SyncObj):
         )
         #: A lease shorter than the earliest moment another server may call an election.
         self._lease = config.raft_min_timeout * 0.9
+        self._suspect_window = config.raft_max_timeout * 2
+        self._last_tick = 0.0
+        self._suspect_until = 0.0
+        #: Set when the snapshot marker is ahead of the state database (see _load_marker).
+        self.diverged = False
         super().__init__(config.self_addr, list(config.partners), conf)
         raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
         if isinstance(raft_log, FileJournal):
@@ -211,6 +216,7 @@ class RaftNode(SyncObj):
         deadline = time.monotonic() + conf.bindRetryTime * (conf.maxBindRetries + 1)
         while not self._SyncObj__transport.ready and self.tick_thread_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+        self.addOnTickCallback(self._watch_ticks)
         if not self._SyncObj__transport.ready:
             self.destroy()
             raise RuntimeError(f"cannot bind the Raft port {config.self_addr}: address in use or not local")
@@ -237,6 +243,7 @@ class RaftNode(SyncObj):
         if applied < last[1]:
             # A snapshot from another server (or a lost database): our rows do not cover it.
             # Installing a remote database snapshot is the cluster layer's job; refuse loudly.
+            self.diverged = True  # /health answers 503 "diverged" from now on
             log.critical(
                 "state database is at index %d but the snapshot marker says %d: the data dir's "
                 "state.db is missing entries; restore it or re-join this node empty",
@@ -280,13 +287,25 @@ class RaftNode(SyncObj):
     def is_leader(self) -> bool:
         return self._isLeader()
 
+    def _watch_ticks(self) -> None:
+        """On the tick thread: a long gap between ticks means this process was frozen (SIGSTOP,
+        a VM pause). The replies queued meanwhile are about to be processed and would make the
+        lease look fresh, so distrust it until a new leader, if any, has made itself known."""
+        now = monotonic_time()
+        if self._last_tick and now - self._last_tick > self._lease:
+            self._suspect_until = now + self._suspect_window
+            log.warning(
+                "this server did not run for %.2fs (frozen?): not dispatching until Raft settles", now - self._last_tick
+            )
+        self._last_tick = now
+
     def has_lease(self) -> bool:
         """True while this leader has heard from a majority within the minimum election timeout.
 
         Past that, another server may have been elected without us knowing (e.g. this process
         was frozen): a leader without a lease must not start runs.
         """
-        if not self._isLeader():
+        if not self._isLeader() or monotonic_time() < self._suspect_until:
             return False
         partners = self.otherNodes
         if not partners:

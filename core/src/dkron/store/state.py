@@ -149,6 +149,7 @@ class StateMachine:
             "upsert_node": self._upsert_node,
             "node_left": self._node_left,
             "remove_server": self._remove_server,
+            "set_epoch": self._set_epoch,
             "noop": lambda payload: None,
         }
 
@@ -282,6 +283,11 @@ class StateMachine:
         tick impossible to launch twice, even by two nodes that both believe they lead. A
         proposer retrying after an unknown outcome (same ``proposal`` id) gets its own back.
         """
+        epoch = payload.get("epoch")
+        if epoch is not None and epoch < self._epoch():
+            # Proposed by a leader that has been deposed since (e.g. it was frozen): the new
+            # leader already reconciled without these ticks, so they must not commit now.
+            return {"accepted": [], "stale": True}
         accepted = []
         proposal = payload["proposal"]
         for launch in payload["launches"]:
@@ -375,7 +381,12 @@ class StateMachine:
         elif status == "skipped":
             self.db.execute("UPDATE jobs SET skipped_count=skipped_count+1 WHERE name=?", (job,))
         elif status == "missed":
-            self.db.execute("UPDATE jobs SET missed_count=missed_count+? WHERE name=?", (ex.get("missed", 1), job))
+            # The missed ticks count as scheduled: the next leader must not report them again.
+            self.db.execute(
+                "UPDATE jobs SET missed_count=missed_count+?,"
+                " last_scheduled_ms=MAX(COALESCE(last_scheduled_ms, 0), ?) WHERE name=?",
+                (ex.get("missed", 1), ex.get("last_tick_ms", 0), job),
+            )
 
     def _trim(self, job: str, keep: int, oldest: str | None) -> None:
         """Retention: at most ``keep`` finished executions per job, none older than ``oldest``."""
@@ -426,6 +437,20 @@ class StateMachine:
             "UPDATE nodes SET status='left', updated_at=? WHERE name=?", (payload.get("now"), payload["name"])
         )
         return {"ok": True}
+
+    def _epoch(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key='leader_epoch'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_epoch(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A new leader's first write: its Raft term becomes the epoch launches are fenced by."""
+        epoch = max(self._epoch(), int(payload["epoch"]))
+        self.db.execute(
+            "INSERT INTO meta(key, value) VALUES('leader_epoch', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(epoch),),
+        )
+        return {"epoch": epoch}
 
     def _remove_server(self, payload: dict[str, Any]) -> dict[str, Any]:
         # Every server drops it from its own server list too (through the apply listener).
