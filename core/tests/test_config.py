@@ -244,3 +244,9 @@ def test_parse_duration_rejects_naming_the_option(text):
     with pytest.raises(ConfigError) as err:
         parse_duration(text, "shutdown-timeout")
     assert str(err.value).startswith("shutdown-timeout")
+
+
+def test_max_output_bytes_is_capped_so_a_record_fits_one_raft_entry():
+    with pytest.raises(ConfigError, match="max-output-bytes"):
+        resolve({"max-output-bytes": str(9 * 1024 * 1024)}, env={})
+    assert resolve({"max-output-bytes": str(8 * 1024 * 1024)}, env={})["max-output-bytes"] == 8 * 1024 * 1024

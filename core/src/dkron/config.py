@@ -223,6 +223,9 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{name}: must be a port number 1-65535")
     if config["bootstrap-expect"] < 0:
         raise ConfigError("bootstrap-expect: must be >= 0")
+    if config["max-output-bytes"] > 8 * 1024 * 1024:
+        # An execution record travels in one Raft entry; pysyncobj must never chunk one.
+        raise ConfigError("max-output-bytes: at most 8388608 (8 MiB) of output is kept per execution")
     for name in ("max-output-bytes", "retention-count", "max-concurrent-runs"):
         if config[name] < 1:
             raise ConfigError(f"{name}: must be >= 1")

@@ -31,12 +31,14 @@ class Recorder:
         keep_seconds: float = 0,
         flush_interval: float = 0.02,
         max_batch: int = 1000,
+        max_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._write = write
         self.keep_per_job = keep_per_job
         self.keep_seconds = keep_seconds
         self._interval = flush_interval
         self._max_batch = max_batch
+        self._max_bytes = max_bytes
         # Keyed by execution: a short run's "running" and final events usually meet in one
         # batch, and only the latest needs writing (half the Raft payload at high launch rates).
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}
@@ -73,8 +75,14 @@ class Recorder:
                     if self._stopping:
                         return
                     continue
-                keys = list(itertools.islice(self._pending, self._max_batch))
-                batch = [self._pending.pop(key) for key in keys]
+                batch, size = [], 0
+                # Bounded by count and by bytes: one Raft entry must stay far below MAX_ENTRY_BYTES.
+                for key in list(itertools.islice(self._pending, self._max_batch)):
+                    event = self._pending[key]
+                    size += len(event.get("output") or "") + 512
+                    if batch and size > self._max_bytes:
+                        break
+                    batch.append(self._pending.pop(key))
                 self._inflight = len(batch)
             self._commit(batch)
             with self._cond:

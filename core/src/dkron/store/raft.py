@@ -37,6 +37,8 @@ from dkron.store.state import StateMachine
 log = logging.getLogger(__name__)
 
 MARKER_FORMAT = 1
+#: Raft entries stay below this (see the appendEntriesBatchSizeBytes comment in RaftNode).
+MAX_ENTRY_BYTES = 16 * 1024 * 1024
 
 
 class StoreUnavailable(Exception):
@@ -187,6 +189,11 @@ class RaftNode(SyncObj):
             serializer=self._write_marker,
             deserializer=self._load_marker,
             appendEntriesUseBatch=False,
+            # pysyncobj 0.3.17 sends an entry larger than this in chunks and flags the last chunk
+            # by the command's length instead of the pickled entry's, so a follower can unpickle
+            # a truncated entry. A large batch size keeps every entry on the single-message path;
+            # the recorder and the scheduler keep entries far below it.
+            appendEntriesBatchSizeBytes=MAX_ENTRY_BYTES,
             appendEntriesPeriod=config.append_entries_period,
             raftMinTimeout=config.raft_min_timeout,
             raftMaxTimeout=config.raft_max_timeout,
