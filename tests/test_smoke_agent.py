@@ -7,8 +7,12 @@ import time
 
 def test_job_runs_every_two_seconds_and_history_is_newest_first(dkron_agent, tmp_path):
     out = tmp_path / "hello.log"
-    job = {"name": "hello", "schedule": "@every 1s", "executor": "shell",
-           "executor_config": {"command": f"date +%s.%N >> {out}", "shell": True}}
+    job = {
+        "name": "hello",
+        "schedule": "@every 1s",
+        "executor": "shell",
+        "executor_config": {"command": f"date +%s.%N >> {out}", "shell": True},
+    }
     created = dkron_agent.post("/v1/jobs", job)
     assert created.status == 201, created
     assert created.headers["Location"] == "/v1/jobs/hello"
@@ -25,8 +29,12 @@ def test_job_runs_every_two_seconds_and_history_is_newest_first(dkron_agent, tmp
 
 
 def test_manual_run_answers_202_at_once_with_the_execution_id(dkron_agent):
-    job = {"name": "slow", "schedule": "@manually", "executor": "shell",
-           "executor_config": {"command": "sleep 2; echo finished", "shell": "true"}}
+    job = {
+        "name": "slow",
+        "schedule": "@manually",
+        "executor": "shell",
+        "executor_config": {"command": "sleep 2; echo finished", "shell": "true"},
+    }
     assert dkron_agent.post("/v1/jobs", job).status == 201
     began = time.monotonic()
     res = dkron_agent.post("/v1/jobs/slow/run")
@@ -38,3 +46,14 @@ def test_manual_run_answers_202_at_once_with_the_execution_id(dkron_agent):
         lambda: (e := dkron_agent.get(f"/v1/jobs/slow/executions/{exec_id}").json())["status"] == "success" and e
     )
     assert done["output"].strip() == "finished"
+
+
+def test_a_manual_run_right_after_start_is_accepted(agent_factory):
+    # The node must be its own target from the first request, before its leadership is prepared.
+    job = {"name": "early", "schedule": "@manually", "executor": "shell", "executor_config": {"command": "true"}}
+    for _ in range(3):
+        agent = agent_factory().start()
+        assert agent.post("/v1/jobs", job).status == 201
+        res = agent.post("/v1/jobs/early/run")
+        assert res.status == 202, res
+        agent.stop()

@@ -175,6 +175,10 @@ class Agent:
         self.raft = RaftNode(raft_config, self.state, on_state_change=self.scheduler.set_leader)
         self.cluster.raft = self.raft
         self.scheduler.can_dispatch = self.raft.has_lease
+        # This node is a target from the start, before it leads or hears its own heartbeat.
+        self.cluster.membership.heartbeat(
+            self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__
+        )
         self.reaper = Reaper(
             node_name=self.node_name,
             membership=self.cluster.membership,
@@ -198,7 +202,7 @@ class Agent:
         epoch = self.raft.raftCurrentTerm
         self.write("set_epoch", {"epoch": epoch}, timeout=10)
         self.scheduler.epoch = epoch
-        self.cluster.membership.reset(self.reader.nodes())
+        self.cluster.membership.reset(self.reader.nodes(), keep=self.node_name)
         self.cluster.membership.heartbeat(
             self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__
         )
@@ -311,7 +315,7 @@ class Agent:
         if self.is_leader:
             nodes = self.cluster.membership.nodes()
         else:
-            self.cluster.membership.reset(self.reader.nodes())  # followers show the registered view
+            self.cluster.membership.reset(self.reader.nodes(), keep=self.node_name)  # the registered view
             nodes = self.cluster.membership.nodes()
         if not any(node.name == self.node_name for node in nodes):
             nodes.insert(

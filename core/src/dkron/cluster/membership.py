@@ -110,11 +110,13 @@ class Membership:
             node.running = tuple(running)
             return node
 
-    def reset(self, registered: Iterable[Mapping[str, Any]]) -> None:
+    def reset(self, registered: Iterable[Mapping[str, Any]], keep: str | None = None) -> None:
         """A new leader starts from the registered nodes, all presumed alive: a node that is
-        really gone is marked failed one ``timeout`` later, like any silent node."""
+        really gone is marked failed one ``timeout`` later, like any silent node. ``keep`` (this
+        node) stays whatever the store says, so a concurrent selection never misses it."""
         now = self.clock()
         with self._lock:
+            kept = self._nodes.get(keep) if keep else None
             self._nodes = {
                 n["name"]: Node(
                     n["name"],
@@ -127,6 +129,8 @@ class Membership:
                 )
                 for n in registered
             }
+            if kept is not None and keep not in self._nodes:
+                self._nodes[keep] = kept
 
     def leave(self, name: str) -> bool:
         with self._lock:
