@@ -13,8 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dkron.jobs import format_time
 from dkron.store.raft import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -57,10 +59,6 @@ class Recorder:
                 self._cond.notify()
 
     def _retention(self) -> dict[str, Any]:
-        from datetime import UTC, datetime, timedelta
-
-        from dkron.jobs import format_time  # local: jobs imports schedule, keep startup light
-
         payload: dict[str, Any] = {"keep_per_job": self.keep_per_job}
         if self.keep_seconds:
             payload["keep_since"] = format_time(datetime.now(UTC) - timedelta(seconds=self.keep_seconds))

@@ -114,9 +114,6 @@ class Reader:
         row = self.db.execute("SELECT * FROM jobs WHERE name=?", (name,)).fetchone()
         return self._job(row, with_children=with_children) if row else None
 
-    def job_names(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT name FROM jobs")]
-
     def schedulable_jobs(self) -> list[dict[str, Any]]:
         """Every job the scheduler may fire (enabled, not a child); with its scheduling state."""
         rows = self.db.execute("SELECT * FROM jobs WHERE disabled=0 AND parent_job='' AND schedule != ''").fetchall()
@@ -208,9 +205,6 @@ class Reader:
     def meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
-
-    def execution_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM executions").fetchone()[0]
 
 
 def execution_json(row: Mapping[str, Any], output_size_limit: int | None = None) -> dict[str, Any]:
