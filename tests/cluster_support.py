@@ -91,6 +91,7 @@ class Node:
         tags: dict[str, str] | None = None,
         bootstrap_expect: int = 3,
         extra_args: Iterable[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -103,6 +104,7 @@ class Node:
         self.tags = dict(tags or {})
         self.bootstrap_expect = bootstrap_expect
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopped_on_purpose = False  # by kill9/stop (or `dkron leave`): not a crash
         self._descendants: set[int] = set()
@@ -158,7 +160,7 @@ class Node:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
         log.write(f"\n===== start {time.strftime('%H:%M:%S')} {' '.join(self.args()[3:])}\n".encode())
         log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.stopped_on_purpose = False
         self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -280,10 +282,13 @@ class Cluster:
         *,
         servers: int = 3,
         agents: dict[str, dict[str, str]] | None = None,
+        server_env: dict[str, str] | None = None,
     ) -> None:
         base.mkdir(parents=True, exist_ok=True)
         self.base = base
-        self.servers = [Node(base, f"s{i + 1}", server=True, bootstrap_expect=servers) for i in range(servers)]
+        self.servers = [
+            Node(base, f"s{i + 1}", server=True, bootstrap_expect=servers, env=server_env) for i in range(servers)
+        ]
         joins = [s.rpc_addr for s in self.servers]
         for server in self.servers:
             server.join = joins

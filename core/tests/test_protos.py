@@ -228,6 +228,7 @@ def test_services_and_package() -> None:
         "RaftListPeers",
         "RaftRemovePeer",
         "ForwardWrite",
+        "FetchState",
     ]
     assert callable(cluster_pb2_grpc.ClusterServiceStub)
     assert callable(cluster_pb2_grpc.add_ClusterServiceServicer_to_server)

@@ -110,14 +110,22 @@ class Agent:
         self.state = StateMachine(db_path)
         self.reader = Reader(db_path)
         self.recorder = Recorder(
-            self.write, keep_per_job=self.config["retention-count"], keep_seconds=self.config["retention-age-seconds"]
+            self.write,
+            keep_per_job=self.config["retention-count"],
+            keep_seconds=self.config["retention-age-seconds"],
+            # Tests widen the window between receiving a result and committing it.
+            flush_interval=float(os.environ.get("DKRON_RECORD_FLUSH_INTERVAL", "0.02")),
         )
 
     def _start_grpc(self) -> None:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(
-                self.runner, self.node_name, self.cluster.deliver, active=self._active_here if self.is_server else None
+                self.runner,
+                self.node_name,
+                self.cluster.deliver,
+                active=self._active_here if self.is_server else None,
+                on_reported=self.cluster.reported,
             ),
             server,
         )
@@ -172,7 +180,9 @@ class Agent:
         # Tests and chaos runs force frequent log compaction to exercise crash-during-snapshot.
         if os.environ.get("DKRON_RAFT_COMPACTION_ENTRIES"):
             raft_config.compaction_min_entries = int(os.environ["DKRON_RAFT_COMPACTION_ENTRIES"])
-        self.raft = RaftNode(raft_config, self.state, on_state_change=self.scheduler.set_leader)
+        self.raft = RaftNode(
+            raft_config, self.state, on_state_change=self.scheduler.set_leader, fetch_state=self.cluster.fetch_state
+        )
         self.cluster.raft = self.raft
         self.scheduler.can_dispatch = self.raft.has_lease
         # This node is a target from the start, before it leads or hears its own heartbeat.
@@ -245,6 +255,8 @@ class Agent:
             self.scheduler.job_changed(name)
         elif command == "set_meta" and payload.get("key") == "scheduling_paused":
             self.scheduler.paused = bool(payload["value"])
+        elif command == "snapshot_installed":  # a peer's state copy replaced our rows
+            self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
         elif command == "remove_server":
             self.cluster.forget_server(payload["name"])
 

@@ -82,12 +82,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         node_name: str,
         on_orphaned_result: Callable[[dict[str, Any]], None],
         active: Callable[[], list[dict[str, Any]]] | None = None,
+        on_reported: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.runner = runner
         #: What ActiveExecutions answers: this node's runs, or on a leader the whole cluster's.
         self.active = active or runner.active
         self.node_name = node_name
         self.on_orphaned_result = on_orphaned_result
+        #: Told of every final result sent on a stream (the node holds it until confirmed).
+        self.on_reported = on_reported or (lambda record: None)
 
     def AgentRun(self, request: agent_pb2.AgentRunRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         spec = spec_from_request(request, self.node_name)
@@ -98,6 +101,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if record["status"] != "running" and not state["streaming"]:
                 self.on_orphaned_result(record)  # nobody is listening: deliver it another way
             else:
+                if record["status"] != "running":
+                    self.on_reported(record)
                 events.put(record)
 
         outcome = self.runner.submit(spec, report)

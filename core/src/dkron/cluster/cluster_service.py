@@ -2,15 +2,18 @@
 
 Nodes register and heartbeat here (the leader keeps the membership; a follower answers with the
 leader's address so the node retargets). Agents deliver results here when the stream to the
-leader that dispatched them broke. Followers forward the writes that need the leader.
+leader that dispatched them broke. Followers forward the writes that need the leader. A server
+that fell behind a log compaction fetches a copy of the state database here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,7 @@ from google.protobuf import empty_pb2
 from dkron import __version__
 from dkron.jobs import format_time
 from dkron.proto import cluster_pb2, cluster_pb2_grpc
+from dkron.store.snapshot import copy_database
 
 if TYPE_CHECKING:
     from dkron.agent import Agent
@@ -56,6 +60,8 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
     def __init__(self, agent: Agent, forward_handlers: dict[str, Callable[[dict[str, Any]], Any]]) -> None:
         self.agent = agent
         self.forward_handlers = forward_handlers
+        #: State copies are whole-database reads: one at a time.
+        self._copy_slots = threading.BoundedSemaphore(1)
 
     def _not_leader(self, context: grpc.ServicerContext) -> None:
         leader = self.agent.cluster.leader_rpc_addr() or ""
@@ -108,7 +114,15 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         )
         # Recomputed only now and then: it depends on the cluster size, which changes slowly.
         interval = cluster.membership.interval_for_size(cluster.base_interval)
-        return cluster_pb2.HeartbeatResponse(leader_addr=leader, ok=True, heartbeat_interval_ms=int(interval * 1000))
+        settled = self.agent.reader.settled_results(
+            [(ref.job_name, ref.execution_id) for ref in request.unconfirmed_results]
+        )
+        return cluster_pb2.HeartbeatResponse(
+            leader_addr=leader,
+            ok=True,
+            heartbeat_interval_ms=int(interval * 1000),
+            committed_results=[cluster_pb2.ExecutionRef(job_name=j, execution_id=e) for j, e in settled],
+        )
 
     def ExecutionDone(self, request: cluster_pb2.ExecutionDoneRequest, context: grpc.ServicerContext) -> Any:
         if not self.agent.is_leader:
@@ -139,6 +153,21 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         return cluster_pb2.Ack(node_name=self.agent.node_name, message=message)
 
+    def FetchState(self, request: cluster_pb2.FetchStateRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        state = self.agent.state
+        if state.applied_index() < request.min_applied_index:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{self.agent.node_name} has applied {state.applied_index()} < {request.min_applied_index} entries",
+            )
+        with self._copy_slots, tempfile.TemporaryDirectory(dir=self.agent.data_dir, prefix="state-copy-") as tmp:
+            path = os.path.join(tmp, "state.db")
+            applied = copy_database(state.path, path)
+            total = os.path.getsize(path)
+            with open(path, "rb") as f:
+                while chunk := f.read(STATE_CHUNK):
+                    yield cluster_pb2.StateChunk(data=chunk, applied_index=applied, total_bytes=total)
+
     def ForwardWrite(self, request: cluster_pb2.ForwardWriteRequest, context: grpc.ServicerContext) -> Any:
         if not self.agent.is_leader:
             self._not_leader(context)
@@ -153,6 +182,9 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
             status = getattr(exc, "status", 500)
             return cluster_pb2.ForwardWriteResponse(ok=False, error=str(exc), http_status=status)
         return cluster_pb2.ForwardWriteResponse(ok=True, result_json=json.dumps(result).encode())
+
+
+STATE_CHUNK = 1024 * 1024
 
 
 def stop_soon(agent: Agent) -> cluster_pb2.Ack:

@@ -7,7 +7,9 @@
 * Every node (server or agent) heartbeats to the leader every ``heartbeat_interval``; a
   follower answers with the leader's address and the node retargets.
 * A result whose stream to the dispatching leader broke is delivered with ``ExecutionDone`` to
-  whichever server leads now, retried until acknowledged.
+  whichever server leads now, retried until acknowledged. Every result this node reports is
+  also held (``results.py``) until a heartbeat answer confirms it committed, and sent again if
+  that takes too long: a leader that dies before committing a result it received loses nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import grpc
 from dkron import __version__
 from dkron.cluster.channels import Channels
 from dkron.cluster.membership import Membership
+from dkron.cluster.results import ResultBook
 from dkron.cluster.security import Identity
 from dkron.proto import cluster_pb2
 
@@ -77,6 +80,8 @@ class Cluster:
         self._tls_warned: set[str] = set()
         self._stop = threading.Event()
         self._outbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        #: Results reported but not yet confirmed committed by a leader.
+        self.results = ResultBook(resend_after=max(3.0, 3 * heartbeat_interval))
         self._threads: list[threading.Thread] = []
 
     # -- server list -------------------------------------------------------------------------
@@ -190,16 +195,14 @@ class Cluster:
     def _heartbeat_once(self) -> bool:
         for addr in self._candidates():
             try:
-                response = self.channels.cluster(addr).Heartbeat(
-                    cluster_pb2.HeartbeatRequest(node_name=self.node_name, running_execution_ids=self.running_ids()),
-                    timeout=RPC_TIMEOUT,
-                )
+                response = self.channels.cluster(addr).Heartbeat(self._heartbeat_request(), timeout=RPC_TIMEOUT)
             except grpc.RpcError as exc:
                 self._diagnose(addr, exc)
                 continue
             if response.leader_addr:
                 self._leader_hint = response.leader_addr
             if response.ok:
+                self._settle_results(response)
                 if response.heartbeat_interval_ms:
                     self.heartbeat_interval = max(self.base_interval, response.heartbeat_interval_ms / 1000)
                 return True
@@ -207,6 +210,21 @@ class Cluster:
             if response.leader_addr == addr and self._register_with(addr) is not None:
                 return True
         return False
+
+    def _heartbeat_request(self) -> cluster_pb2.HeartbeatRequest:
+        unconfirmed = self.results.refs()
+        return cluster_pb2.HeartbeatRequest(
+            node_name=self.node_name,
+            # An unconfirmed result still counts as running, so the leader does not reap it as lost.
+            running_execution_ids=self.running_ids() + self.results.execution_ids(),
+            unconfirmed_results=[cluster_pb2.ExecutionRef(job_name=j, execution_id=e) for j, e in unconfirmed],
+        )
+
+    def _settle_results(self, response: cluster_pb2.HeartbeatResponse) -> None:
+        self.results.confirm((ref.job_name, ref.execution_id) for ref in response.committed_results)
+        for record in self.results.due():
+            log.info("result of %s/%s not confirmed yet: sending it again", record["job_name"], record["id"])
+            self._outbox.put(record)
 
     def _heartbeat_loop(self) -> None:
         # Register with the first server that answers, so the cluster knows our tags at once.
@@ -226,7 +244,14 @@ class Cluster:
 
     def deliver(self, record: dict[str, Any]) -> None:
         """Queue a result for ``ExecutionDone`` (the stream to its leader broke)."""
+        if record.get("status") == "running":
+            return  # only final results are delivered this way
+        self.results.hold(record)
         self._outbox.put(record)
+
+    def reported(self, record: dict[str, Any]) -> None:
+        """A final result handed to the leader on its ``AgentRun`` stream: hold it until confirmed."""
+        self.results.hold(record)
 
     def _outbox_loop(self) -> None:
         from dkron.cluster.delivery import done_request
@@ -248,6 +273,38 @@ class Cluster:
                     continue
             if pending is not None:
                 time.sleep(0.5)
+
+    def fetch_state(self, min_index: int, dest: str, timeout: float = 60.0) -> bool:
+        """Download a peer's state database copy covering ``min_index`` to ``dest``.
+
+        Tries the leader first (it sent the snapshot marker, so it has the rows), then the
+        other servers. Runs on the Raft tick thread, hence the overall deadline.
+        """
+        deadline = time.monotonic() + timeout
+        own = self.servers.get(self.node_name, {}).get("rpc_addr")
+        for addr in self._candidates():
+            remaining = deadline - time.monotonic()
+            if addr == own or remaining <= 0:
+                continue
+            part = dest + ".part"
+            try:
+                written, total = 0, -1
+                request = cluster_pb2.FetchStateRequest(min_applied_index=min_index)
+                with open(part, "wb") as f:
+                    for chunk in self.channels.cluster(addr).FetchState(request, timeout=remaining):
+                        f.write(chunk.data)
+                        written += len(chunk.data)
+                        total = chunk.total_bytes
+                if written != total:
+                    raise OSError(f"state copy from {addr} cut short ({written} of {total} bytes)")
+                os.replace(part, dest)
+                log.info("fetched a %d-byte state copy from %s", written, addr)
+                return True
+            except grpc.RpcError as exc:
+                log.warning("no state copy from %s: %s", addr, exc.details() if hasattr(exc, "details") else exc)
+            except OSError as exc:
+                log.warning("no state copy from %s: %s", addr, exc)
+        return False
 
     def leave(self) -> None:
         for addr in self._candidates():

@@ -46,14 +46,24 @@ class RegisterResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., leader_addr: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., message: _Optional[str] = ..., servers: _Optional[_Iterable[_Union[ServerInfo, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_name", "running_execution_ids", "load")
+    __slots__ = ("node_name", "running_execution_ids", "load", "unconfirmed_results")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     RUNNING_EXECUTION_IDS_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    UNCONFIRMED_RESULTS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     running_execution_ids: _containers.RepeatedScalarFieldContainer[str]
     load: LoadInfo
-    def __init__(self, node_name: _Optional[str] = ..., running_execution_ids: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[LoadInfo, _Mapping]] = ...) -> None: ...
+    unconfirmed_results: _containers.RepeatedCompositeFieldContainer[ExecutionRef]
+    def __init__(self, node_name: _Optional[str] = ..., running_execution_ids: _Optional[_Iterable[str]] = ..., load: _Optional[_Union[LoadInfo, _Mapping]] = ..., unconfirmed_results: _Optional[_Iterable[_Union[ExecutionRef, _Mapping]]] = ...) -> None: ...
+
+class ExecutionRef(_message.Message):
+    __slots__ = ("job_name", "execution_id")
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    job_name: str
+    execution_id: str
+    def __init__(self, job_name: _Optional[str] = ..., execution_id: _Optional[str] = ...) -> None: ...
 
 class LoadInfo(_message.Message):
     __slots__ = ("load_avg_1m", "cpu_count", "mem_available_bytes")
@@ -66,14 +76,16 @@ class LoadInfo(_message.Message):
     def __init__(self, load_avg_1m: _Optional[float] = ..., cpu_count: _Optional[int] = ..., mem_available_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("leader_addr", "ok", "heartbeat_interval_ms")
+    __slots__ = ("leader_addr", "ok", "heartbeat_interval_ms", "committed_results")
     LEADER_ADDR_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_RESULTS_FIELD_NUMBER: _ClassVar[int]
     leader_addr: str
     ok: bool
     heartbeat_interval_ms: int
-    def __init__(self, leader_addr: _Optional[str] = ..., ok: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    committed_results: _containers.RepeatedCompositeFieldContainer[ExecutionRef]
+    def __init__(self, leader_addr: _Optional[str] = ..., ok: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., committed_results: _Optional[_Iterable[_Union[ExecutionRef, _Mapping]]] = ...) -> None: ...
 
 class ExecutionDoneRequest(_message.Message):
     __slots__ = ("execution_id", "job_name", "run_id", "node_name", "attempt", "scheduled_at_ms", "started_at_ms", "finished_at_ms", "success", "error", "exit_code", "output_tail", "output_truncated", "output_bytes_total")
@@ -180,3 +192,19 @@ class ServerInfo(_message.Message):
     rpc_addr: str
     raft_addr: str
     def __init__(self, node_name: _Optional[str] = ..., rpc_addr: _Optional[str] = ..., raft_addr: _Optional[str] = ...) -> None: ...
+
+class FetchStateRequest(_message.Message):
+    __slots__ = ("min_applied_index",)
+    MIN_APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    min_applied_index: int
+    def __init__(self, min_applied_index: _Optional[int] = ...) -> None: ...
+
+class StateChunk(_message.Message):
+    __slots__ = ("data", "applied_index", "total_bytes")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    applied_index: int
+    total_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., applied_index: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...

@@ -74,6 +74,11 @@ class ClusterServiceStub:
                 request_serializer=dkron_dot_proto_dot_cluster__pb2.ForwardWriteRequest.SerializeToString,
                 response_deserializer=dkron_dot_proto_dot_cluster__pb2.ForwardWriteResponse.FromString,
                 _registered_method=True)
+        self.FetchState = channel.unary_stream(
+                '/dkron.v1.ClusterService/FetchState',
+                request_serializer=dkron_dot_proto_dot_cluster__pb2.FetchStateRequest.SerializeToString,
+                response_deserializer=dkron_dot_proto_dot_cluster__pb2.StateChunk.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -138,6 +143,16 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchState(self, request, context):
+        """Streams a consistent copy of this server's state database. A server that was down while
+        the others compacted their Raft logs past its position receives only a snapshot marker
+        from Raft (the database is the snapshot); it then fetches the rows with this call.
+        FAILED_PRECONDITION when this server has applied fewer than min_applied_index entries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +190,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.ForwardWrite,
                     request_deserializer=dkron_dot_proto_dot_cluster__pb2.ForwardWriteRequest.FromString,
                     response_serializer=dkron_dot_proto_dot_cluster__pb2.ForwardWriteResponse.SerializeToString,
+            ),
+            'FetchState': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchState,
+                    request_deserializer=dkron_dot_proto_dot_cluster__pb2.FetchStateRequest.FromString,
+                    response_serializer=dkron_dot_proto_dot_cluster__pb2.StateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -369,6 +389,33 @@ class ClusterService:
             '/dkron.v1.ClusterService/ForwardWrite',
             dkron_dot_proto_dot_cluster__pb2.ForwardWriteRequest.SerializeToString,
             dkron_dot_proto_dot_cluster__pb2.ForwardWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dkron.v1.ClusterService/FetchState',
+            dkron_dot_proto_dot_cluster__pb2.FetchStateRequest.SerializeToString,
+            dkron_dot_proto_dot_cluster__pb2.StateChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -188,6 +188,18 @@ class Reader:
         rows = self.db.execute("SELECT * FROM executions WHERE status='running' ORDER BY started_at").fetchall()
         return [execution_json(row) for row in rows]
 
+    def settled_results(self, refs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Which (job, execution id) pairs need no more reports: final record committed, or job gone."""
+        settled = []
+        for job, execution_id in refs:
+            row = self.db.execute(
+                "SELECT e.status, j.name FROM jobs j LEFT JOIN executions e ON e.job=j.name AND e.id=? WHERE j.name=?",
+                (execution_id, job),
+            ).fetchone()
+            if row is None or (row[0] is not None and row[0] != "running"):
+                settled.append((job, execution_id))
+        return settled
+
     def launch_started(self, run_id: str) -> bool:
         """Has any execution record of this run been committed (even if trimmed since)?"""
         row = self.db.execute("SELECT 1 FROM launches WHERE run_id=? AND started=1 LIMIT 1", (run_id,)).fetchone()

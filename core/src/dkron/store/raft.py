@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import pickle
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 
+from dkron.store.snapshot import install_database, installed_for
 from dkron.store.state import StateMachine
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ def _truncate_journal_atomically(journal: FileJournal, journal_path: str, entry_
     previous._destroy()
 
 
-def check_log_covers_state(journal_path: str, marker_path: str, applied: int) -> None:
+def check_log_covers_state(journal_path: str, marker_path: str, applied: int, installed: int | None = None) -> None:
     """Refuse to start when the state database has applied entries the Raft log no longer has.
 
     That happens when ``raft.journal`` (or the whole log) was deleted or replaced by an older copy
@@ -148,7 +150,13 @@ def check_log_covers_state(journal_path: str, marker_path: str, applied: int) ->
         return
     last = 0
     if os.path.exists(marker_path):
-        last = max(last, read_marker(marker_path)[0][1])
+        marker_last = read_marker(marker_path)[0][1]
+        if installed is not None and installed == marker_last:
+            # The database is a peer's copy installed for this marker and may be ahead of our
+            # log until the leader resends those entries; they are committed ones, so skipping
+            # them as replays is right.
+            return
+        last = max(last, marker_last)
     if os.path.exists(journal_path):
         journal = FileJournal(journal_path)
         try:
@@ -172,15 +180,19 @@ class RaftNode(SyncObj):
         config: RaftConfig,
         state: StateMachine,
         on_state_change: Callable[[bool], None] | None = None,
+        fetch_state: Callable[[int, str], bool] | None = None,
     ) -> None:
         # Everything set before super().__init__ is invisible to pysyncobj; with a custom
         # serializer it pickles nothing of ours anyway.
         self._state = state
         self._on_state_change = on_state_change
+        #: Fetches a peer's database copy covering an index into a path (see snapshot.py).
+        self._fetch_state = fetch_state
+        self._raft_timeout = config.raft_max_timeout
         journal, marker = _marker_paths(config.data_dir)
         self._marker_path = marker
         fix_journal(journal, marker)
-        check_log_covers_state(journal, marker, state.applied_index())
+        check_log_covers_state(journal, marker, state.applied_index(), installed_for(state.path))
         conf = SyncObjConf(
             bindAddress=config.self_addr,
             password=config.password,
@@ -247,9 +259,8 @@ class RaftNode(SyncObj):
     def _load_marker(self, filename: str) -> tuple[Any, Any, Any]:
         last, prev, cluster, _ = read_marker(filename)
         applied = self._state.applied_index()
-        if applied < last[1]:
-            # A snapshot from another server (or a lost database): our rows do not cover it.
-            # Installing a remote database snapshot is the cluster layer's job; refuse loudly.
+        if applied < last[1] and not self._install_state(last[1]):
+            # Our rows do not cover the snapshot and no peer could send a copy that does.
             self.diverged = True  # /health answers 503 "diverged" from now on
             log.critical(
                 "state database is at index %d but the snapshot marker says %d: the data dir's "
@@ -259,6 +270,28 @@ class RaftNode(SyncObj):
             )
         # Node objects, not ids: the library compares members with Node.__eq__.
         return last, prev, [TCPNode(address) for address in cluster]
+
+    def _install_state(self, marker_index: int) -> bool:
+        """Replace our database with a peer's copy that covers ``marker_index`` (tick thread)."""
+        if self._fetch_state is None:
+            return False
+        incoming = self._state.path + ".incoming"
+        started = monotonic_time()
+        try:
+            if not self._fetch_state(marker_index, incoming):
+                return False
+            install_database(incoming, self._state, marker_index)
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            log.error("could not install a peer's state copy: %s", exc)
+            return False
+        finally:
+            # The tick thread was busy: do not mistake the pause for a dead leader.
+            self._SyncObj__raftElectionDeadline = monotonic_time() + self._raft_timeout  # type: ignore[attr-defined]
+        self.diverged = False
+        log.info("state copy installed in %.2fs", monotonic_time() - started)
+        for listener in self._state.listeners:
+            listener("snapshot_installed", {"marker_index": marker_index}, None)
+        return True
 
     # -- the one replicated command ----------------------------------------------------------
     @replicated

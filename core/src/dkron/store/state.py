@@ -154,6 +154,11 @@ class StateMachine:
         }
 
     # -- bookkeeping -------------------------------------------------------------------------
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while an entry is applied (and while a snapshot copy is installed)."""
+        return self._lock
+
     def applied_index(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key='applied_index'").fetchone()
         return int(row[0]) if row else 0
