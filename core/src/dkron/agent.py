@@ -357,7 +357,10 @@ class Agent:
             self._hand_over_leadership()
         self.runner.shutdown(self.config["shutdown-timeout"])
         if self.is_server:
-            self.recorder.stop(timeout=10)
+            # Without a leader nothing can commit: do not wait 10 s for it (remote runs' results
+            # are still held by their agents and sent to the next leader).
+            quorum = self.raft is not None and self.raft.leader_addr() is not None
+            self.recorder.stop(timeout=10 if quorum else 2)
             self.scheduler.stop()
             if self.reaper is not None:
                 self.reaper.stop()
