@@ -7,7 +7,7 @@ Usage::
     .venv/bin/python bench/bench_cluster.py --sections b --herd-jobs 5000
     .venv/bin/python bench/bench_cluster.py --sections c --failover-jobs 1000 --kills 5
 
-Every section starts its own fresh cluster (``bench/chaos.py``'s ``LocalCluster``: 3 servers with
+Every section starts its own fresh cluster (``dkron.localcluster.LocalCluster``: 3 servers with
 ``--bootstrap-expect 3`` and 2 agents tagged ``pool=web``, separate processes on 127.0.0.1), and
 stops it. Jobs have tags ``{"pool": "web:1"}`` (one agent per launch) and run the ``stamp``
 command of ``_common.py`` (see README.md: it appends ``<DKRON_RUN_ID> <wall ns>`` as soon as its
@@ -99,7 +99,8 @@ from _common import (
     verdict,
     workdir,
 )
-from chaos import NETWORK_ERRORS, LocalCluster, NodeProc
+
+from dkron.localcluster import NETWORK_ERRORS, LocalCluster, Node
 
 TAGS = {"pool": "web:1"}
 
@@ -107,7 +108,7 @@ TAGS = {"pool": "web:1"}
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def start_cluster(base: Path, server_args: Sequence[str] = ()) -> tuple[LocalCluster, NodeProc]:
+def start_cluster(base: Path, server_args: Sequence[str] = ()) -> tuple[LocalCluster, Node]:
     cluster = LocalCluster(base, server_args=list(server_args))
     t0 = time.monotonic()
     try:
@@ -132,7 +133,7 @@ def create_jobs(cluster: LocalCluster, jobs: list[dict[str, Any]], threads: int 
     def leader_url(stale: str = "") -> str:
         with lock:
             if not state["url"] or state["url"] == stale:
-                leader = cluster.leader(timeout=30)
+                leader = cluster.find_leader(timeout=30)
                 if leader is None:
                     raise TimeoutError("no leader")
                 state["url"] = leader.url
@@ -214,7 +215,7 @@ def section_throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             jobs = [stamp_job(f"tp-{i:05d}", "@every 1s", config) for i in range(made, count)]
             rate = create_jobs(cluster, jobs, args.threads)
             made = count
-            leader = cluster.leader(timeout=30) or leader
+            leader = cluster.find_leader(timeout=30) or leader
             samplers = {"leader": ProcSampler(leader.pid)} | {a.name: ProcSampler(a.pid) for a in cluster.agents}
             time.sleep(args.warmup)
             start_s = math.ceil(time.time())
@@ -310,7 +311,7 @@ def section_herd(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         print(f"  {n} jobs created in {time.monotonic() - t0:.1f}s ({rate:.0f}/s), {due - created_at:.1f}s before T")
         if created_at > due - 2:
             print("  WARNING: creation ended less than 2 s before T; raise --herd-lead")
-        leader = cluster.leader(timeout=30) or leader
+        leader = cluster.find_leader(timeout=30) or leader
         samplers = {"leader": ProcSampler(leader.pid)} | {a.name: ProcSampler(a.pid) for a in cluster.agents}
         sleep_until(due - 1)
         before = cpu_snapshot(samplers)
@@ -329,7 +330,7 @@ def section_herd(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         all_after = (starts[-1] / 1000 - due) if starts and started >= n else None
         missing = sorted({j["name"] for j in jobs} - set(stats["per_job"]))
         samples = []
-        leader = cluster.leader(timeout=30) or leader
+        leader = cluster.find_leader(timeout=30) or leader
         for name in missing[:5]:
             with contextlib.suppress(*NETWORK_ERRORS, ValueError):
                 rows = leader.get(f"/v1/jobs/{name}/executions", timeout=10).json()
@@ -379,7 +380,7 @@ def section_herd(args: argparse.Namespace, base: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # (c) failover
 # ----------------------------------------------------------------------------------------------
-def wait_isleader(servers: list[NodeProc], t_kill: float, timeout: float = 15.0) -> float | None:
+def wait_isleader(servers: list[Node], t_kill: float, timeout: float = 15.0) -> float | None:
     """Seconds from the kill until one of ``servers`` answers /v1/isleader 200 (polled every 20 ms)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -410,7 +411,7 @@ def section_failover(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         for k in range(args.kills):
             leader = cluster.wait_ready(90)
             time.sleep(args.calm)
-            leader = cluster.leader(timeout=30) or leader
+            leader = cluster.find_leader(timeout=30) or leader
             survivors = [s for s in cluster.servers if s is not leader]
             kill_at = math.floor(time.time()) + 1 + args.kill_phase
             sleep_until(kill_at)

@@ -10,7 +10,7 @@ What it does:
 1. Starts 3 servers (``--bootstrap-expect 3``, ``--retry-join`` to all three,
    ``--retention-count 1000000`` so no execution record is trimmed) and 2 agents tagged
    ``pool=web``, every one a separate ``python -m dkron.cli agent`` process on free 127.0.0.1
-   ports (the small launcher :class:`LocalCluster` below; ``bench_cluster.py`` uses it too).
+   ports (``dkron.localcluster.LocalCluster``, the launcher the cluster tests use too).
 2. Creates ``--jobs`` jobs ``@every 1s`` with tags ``{"pool": "web:1"}`` (one agent per tick),
    each appending ``$DKRON_RUN_ID $DKRON_NODE_NAME $EPOCHREALTIME`` to its own file (bash
    builtins only: no fork, microsecond wall clock).
@@ -63,348 +63,18 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-try:
-    import psutil
-except ImportError:  # pragma: no cover - a dev dependency of the project
-    psutil = None  # type: ignore[assignment]
-
-#: Network errors a request to a node that is down or frozen can raise.
-NETWORK_ERRORS = (OSError, urllib.error.URLError, ConnectionError, TimeoutError)
-
-
-def free_port() -> int:
-    try:
-        from dkron.testing import free_port as dkron_free_port
-    except ImportError as exc:  # pragma: no cover - run with the project's venv
-        raise SystemExit(f"run this with the project's venv (.venv/bin/python): {exc}") from None
-    return dkron_free_port()
-
-
-# ----------------------------------------------------------------------------------------------
-# HTTP
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Http:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def http(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> Http:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return Http(resp.status, resp.read(), dict(resp.headers))
-    except urllib.error.HTTPError as err:
-        return Http(err.code, err.read(), dict(err.headers))
-
-
-# ----------------------------------------------------------------------------------------------
-# The launcher: one process per node, fixed ports and data dir (so a restart is the same node)
-# ----------------------------------------------------------------------------------------------
-class NodeProc:
-    """One ``python -m dkron.cli agent`` process (server or agent)."""
-
-    def __init__(
-        self,
-        base: Path,
-        name: str,
-        *,
-        server: bool,
-        bootstrap_expect: int = 3,
-        tags: Mapping[str, str] | None = None,
-        extra_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.server = server
-        self.data_dir = base / f"data-{name}"
-        self.log_path = base / f"{name}.log"
-        self.rpc_port = free_port()
-        self.raft_port = free_port() if server else 0
-        self.http_port = free_port() if server else 0
-        self.bootstrap_expect = bootstrap_expect
-        self.tags = dict(tags or {})
-        self.extra_args = list(extra_args)
-        self.join: list[str] = []
-        # The caller's environment without DKRON_* options (they would override our flags' peers).
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DKRON_")}
-        self.env.update(env or {})
-        self.env["PYTHONUNBUFFERED"] = "1"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.frozen = False
-        self.starts = 0
-        self._descendants: set[tuple[int, float]] = set()
-
-    @property
-    def rpc_addr(self) -> str:
-        return f"127.0.0.1:{self.rpc_port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def args(self) -> list[str]:
-        args = [sys.executable, "-m", "dkron.cli", "agent", "--node-name", self.name]
-        args += ["--data-dir", str(self.data_dir), "--rpc-port", str(self.rpc_port)]
-        if self.server:
-            args += ["--server", "--bootstrap-expect", str(self.bootstrap_expect)]
-            args += ["--raft-port", str(self.raft_port), "--http-addr", f"127.0.0.1:{self.http_port}"]
-        for addr in self.join:
-            args += ["--retry-join", addr]
-        for key, value in self.tags.items():
-            args += ["--tag", f"{key}={value}"]
-        return args + self.extra_args
-
-    def start(self) -> NodeProc:
-        assert not self.running, f"{self.name} is already running"
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start {time.strftime('%H:%M:%S')}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.frozen = False
-        self.starts += 1
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _remember_descendants(self) -> None:
-        """Job processes run in their own session: they would outlive a SIGKILLed node."""
-        if psutil is None or not self.running:
-            return
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    self._descendants.add((child.pid, child.create_time()))
-
-    def _kill_descendants(self) -> None:
-        if psutil is None:
-            return
-        for pid, created in sorted(self._descendants):
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                if proc.create_time() == created:  # still the same process, not a reused pid
-                    proc.kill()
-        self._descendants.clear()
-
-    def freeze(self) -> None:
-        os.kill(self.pid, signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        if self.running:
-            os.kill(self.pid, signal.SIGCONT)
-        self.frozen = False
-
-    def kill9(self) -> None:
-        """SIGKILL, like a crash of the machine's process (job processes of a server: none)."""
-        self._remember_descendants()
-        if self.running:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(10)
-        self.frozen = False
-        self._kill_descendants()
-
-    def stop(self, timeout: float = 40.0) -> tuple[int | None, float, bool]:
-        """SIGTERM (graceful); SIGKILL after ``timeout``. Returns (exit code, seconds, graceful)."""
-        if self.proc is None:
-            return None, 0.0, True
-        self._remember_descendants()
-        t0 = time.monotonic()
-        graceful = True
-        if self.proc.poll() is None:
-            self.thaw()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                graceful = False
-                self.proc.kill()
-                self.proc.wait(10)
-        self._kill_descendants()
-        return self.proc.returncode, time.monotonic() - t0, graceful
-
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Http:
-        return http(self.url + path, method, body, timeout)
-
-    def get(self, path: str, timeout: float = 5.0) -> Http:
-        return self.request("GET", path, timeout=timeout)
-
-    def healthy(self, timeout: float = 1.0) -> bool:
-        if not self.running or self.frozen:
-            return False
-        try:
-            return self.get("/health", timeout=timeout).status == 200
-        except NETWORK_ERRORS:
-            return False
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def __repr__(self) -> str:
-        return f"<{self.name} {'server' if self.server else 'agent'} pid={self.proc.pid if self.proc else None}>"
-
-
-class LocalCluster:
-    """``servers`` servers (each ``--retry-join`` names all of them) and tagged agents."""
-
-    def __init__(
-        self,
-        base: Path,
-        *,
-        servers: int = 3,
-        agents: Mapping[str, Mapping[str, str]] | None = None,
-        server_args: Sequence[str] = (),
-        agent_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        base.mkdir(parents=True, exist_ok=True)
-        self.base = base
-        common = ["--shutdown-timeout", "5s"]
-        self.servers = [
-            NodeProc(
-                base,
-                f"s{i + 1}",
-                server=True,
-                bootstrap_expect=servers,
-                extra_args=[*common, *server_args],
-                env=env,
-            )
-            for i in range(servers)
-        ]
-        joins = [s.rpc_addr for s in self.servers]
-        for server in self.servers:
-            server.join = joins
-        agents = {"a1": {"pool": "web"}, "a2": {"pool": "web"}} if agents is None else agents
-        self.agents = [
-            NodeProc(base, name, server=False, tags=tags, extra_args=[*common, *agent_args], env=env)
-            for name, tags in agents.items()
-        ]
-        for agent in self.agents:
-            agent.join = joins
-
-    @property
-    def nodes(self) -> list[NodeProc]:
-        return self.servers + self.agents
-
-    def node(self, name: str) -> NodeProc:
-        return next(n for n in self.nodes if n.name == name)
-
-    def start(self, timeout: float = 120.0) -> LocalCluster:
-        for node in self.nodes:
-            node.start()
-        self.wait_ready(timeout)
-        return self
-
-    def live_servers(self) -> list[NodeProc]:
-        return [s for s in self.servers if s.running and not s.frozen]
-
-    def leader(self, timeout: float = 30.0) -> NodeProc | None:
-        """The server that a majority of the answering servers name, and that says it leads."""
-        deadline = time.monotonic() + timeout
-        while True:
-            names: list[str] = []
-            for server in self.live_servers():
-                try:
-                    answer = server.get("/v1/leader", timeout=1.0)
-                except NETWORK_ERRORS:
-                    continue
-                if answer.status == 200:
-                    with contextlib.suppress(ValueError, KeyError):
-                        names.append(answer.json()["Name"])
-            if names:
-                name, votes = collections.Counter(names).most_common(1)[0]
-                candidate = next((s for s in self.live_servers() if s.name == name), None)
-                if candidate is not None and votes * 2 > len(names):
-                    with contextlib.suppress(*NETWORK_ERRORS):
-                        if candidate.get("/v1/isleader", timeout=1.0).status == 200:
-                            return candidate
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.05)
-
-    def wait_ready(self, timeout: float = 120.0) -> NodeProc:
-        """Every running node up: a leader, and every agent alive in ``/v1/members``."""
-        deadline = time.monotonic() + timeout
-        leader: NodeProc | None = None
-        while time.monotonic() < deadline:
-            for node in self.nodes:
-                if node.proc is not None and node.proc.poll() is not None:
-                    raise RuntimeError(f"{node.name} exited with {node.proc.returncode}:\n{node.log_tail()}")
-            leader = self.leader(timeout=2.0)
-            if leader is not None and all(s.healthy() for s in self.servers if s.running):
-                try:
-                    members = {m["Name"]: m["statusText"] for m in leader.get("/v1/members", timeout=3).json()}
-                except (*NETWORK_ERRORS, ValueError, KeyError, TypeError):
-                    members = {}
-                if all(members.get(n.name) == "alive" for n in self.nodes if n.running):
-                    return leader
-            time.sleep(0.2)
-        logs = "\n".join(f"--- {n.name}\n{n.log_tail(1500)}" for n in self.nodes)
-        raise TimeoutError(f"cluster not ready within {timeout:g}s (leader: {leader})\n{logs}")
-
-    def stop_all(self, timeout: float = 40.0) -> dict[str, dict[str, Any]]:
-        """Graceful stop of every node at once; returns each node's exit code and stop time."""
-        results: dict[str, dict[str, Any]] = {}
-
-        def stop(node: NodeProc) -> None:
-            try:
-                rc, seconds, graceful = node.stop(timeout)
-                results[node.name] = {"rc": rc, "seconds": round(seconds, 2), "graceful": graceful}
-            except Exception as exc:  # keep stopping the others
-                results[node.name] = {"error": repr(exc)}
-
-        threads = [threading.Thread(target=stop, args=(n,), daemon=True) for n in self.nodes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout + 20)
-        return results
-
-    def kill_all(self) -> None:
-        for node in self.nodes:
-            with contextlib.suppress(Exception):
-                node.kill9()
-
-    def __enter__(self) -> LocalCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill_all()  # whatever a graceful stop left behind
-
+from dkron.localcluster import NETWORK_ERRORS, Http, LocalCluster, Node
 
 # ----------------------------------------------------------------------------------------------
 # Workload
@@ -445,7 +115,7 @@ def post_with_retry(cluster: LocalCluster, path: str, body: Any, deadline_s: flo
     deadline = time.monotonic() + deadline_s
     last: Any = None
     while time.monotonic() < deadline:
-        leader = cluster.leader(timeout=5)
+        leader = cluster.find_leader(timeout=5)
         if leader is not None:
             try:
                 answer = leader.request("POST", path, body, timeout=15)
@@ -479,7 +149,7 @@ class Fault:
         return f"{what} {self.victim} at {fmt_wall(self.at)} for {self.hold:.1f}s"
 
 
-def _recover(node: NodeProc, fault: Fault) -> None:
+def _recover(node: Node, fault: Fault) -> None:
     if fault.kind == "kill":
         node.start()
     else:
@@ -519,7 +189,7 @@ def run_chaos(
             if time.monotonic() + calm + down > end:
                 break
             time.sleep(calm)
-            leader = cluster.leader(timeout=20)
+            leader = cluster.find_leader(timeout=20)
             if leader is None:
                 say(f"  {fmt_wall(time.time())}  no leader agreed within 20 s; no fault this round")
                 continue
@@ -533,7 +203,7 @@ def run_chaos(
                 timer = threading.Timer(down, _recover, args=(leader, fault))
                 timer.start()
                 timers.append(timer)
-                after = cluster.leader(timeout=3)
+                after = cluster.find_leader(timeout=3)
                 fault.leader_after = after.name if after else None
                 faults.append(fault)
                 say(f"  {fault.label()}: leader now {fault.leader_after}")
@@ -552,10 +222,10 @@ def run_chaos(
             while not leader.healthy() and time.monotonic() < deadline:
                 if not leader.running:
                     fault.note = f"{leader.name} exited with {leader.proc.returncode if leader.proc else None}"
-                    say(f"  {fault.note}; starting it again\n{leader.log_tail(1500)}")
+                    say(f"  {fault.note}; starting it again\n{leader.log(1500)}")
                     leader.start()
                 time.sleep(0.1)
-            after = cluster.leader(timeout=10)
+            after = cluster.find_leader(timeout=10)
             fault.leader_after = after.name if after else None
             faults.append(fault)
             say(f"  {fault.label()}: back after {time.time() - fault.at:.1f}s; leader now {fault.leader_after}")
@@ -607,7 +277,7 @@ def read_runs(path: Path) -> tuple[list[Run], int]:
     return runs, malformed
 
 
-def fetch_executions(leader: NodeProc, job: str, page: int = 5000) -> list[dict[str, Any]]:
+def fetch_executions(leader: Node, job: str, page: int = 5000) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     start = 0
     while True:
@@ -622,7 +292,7 @@ def fetch_executions(leader: NodeProc, job: str, page: int = 5000) -> list[dict[
             return rows
 
 
-def fetch_jobs(server: NodeProc) -> dict[str, dict[str, Any]]:
+def fetch_jobs(server: Node) -> dict[str, dict[str, Any]]:
     answer = server.get("/v1/jobs?_end=1000000", timeout=30)
     if answer.status != 200:
         raise RuntimeError(f"jobs on {server.name}: {answer.status} {answer.body[:300]!r}")
@@ -1118,7 +788,7 @@ def run(
                 except (*NETWORK_ERRORS, RuntimeError, ValueError):
                     if attempt == 4:
                         raise
-                    leader = cluster.leader(timeout=15) or leader
+                    leader = cluster.find_leader(timeout=15) or leader
         jobs_ok, problems, present = check_jobs(cluster, sent)
         replicas = compare_replicas(cluster, records, cutoff_ms - 2000)
         phases["settle_read_s"] = time.monotonic() - t0

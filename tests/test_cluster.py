@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import Cluster, Node, dkron_cli, parse_peers, wait_for
+
+from dkron.localcluster import LocalCluster, Node, dkron_cli, parse_peers, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +41,9 @@ RAN = ("running", "success", "failed", "lost")  # statuses of executions that re
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     started = time.monotonic()
-    with Cluster(tmp_path_factory.mktemp("cluster")) as c:
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as c:
         c.start(timeout=120)
         MEASURED["cluster_start_s"] = time.monotonic() - started
         print(f"\ncluster of 3 servers + 2 agents ready in {MEASURED['cluster_start_s']:.1f}s")
@@ -52,7 +53,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def healthy(cluster: Cluster) -> Cluster:
+def healthy(cluster: LocalCluster) -> LocalCluster:
     """The shared cluster with every node that should be up running again and agreed."""
     cluster.heal(timeout=90)
     return cluster
@@ -81,12 +82,12 @@ def by_run(executions: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
-def execution(c: Cluster, job: str, execution_id: str, via: Node | None = None) -> dict[str, Any] | None:
+def execution(c: LocalCluster, job: str, execution_id: str, via: Node | None = None) -> dict[str, Any] | None:
     answer = (via or c.api()).get(f"/v1/jobs/{job}/executions/{execution_id}")
     return answer.json() if answer.status == 200 else None
 
 
-def ended(c: Cluster, job: str, execution_id: str, via: Node | None = None) -> dict[str, Any] | None:
+def ended(c: LocalCluster, job: str, execution_id: str, via: Node | None = None) -> dict[str, Any] | None:
     """The execution once it is no longer running (None before)."""
     ex = execution(c, job, execution_id, via)
     return ex if ex and ex["status"] != "running" else None
@@ -95,7 +96,7 @@ def ended(c: Cluster, job: str, execution_id: str, via: Node | None = None) -> d
 # -- 1. leader agreement, members, raft peers -----------------------------------------------------
 
 
-def test_leader_agreement_members_and_peers(healthy: Cluster) -> None:
+def test_leader_agreement_members_and_peers(healthy: LocalCluster) -> None:
     c = healthy
     names = c.leader_names()
     assert len(names) == 3 and len(set(names.values())) == 1 and None not in names.values(), names
@@ -122,7 +123,7 @@ def test_leader_agreement_members_and_peers(healthy: Cluster) -> None:
 # -- 2. writes through any server -----------------------------------------------------------------
 
 
-def test_writes_through_a_follower_are_readable_at_once(healthy: Cluster) -> None:
+def test_writes_through_a_follower_are_readable_at_once(healthy: LocalCluster) -> None:
     c = healthy
     follower = c.followers()[0]
     names = [f"rw-{i}" for i in range(5)]
@@ -174,7 +175,7 @@ TAG_JOBS = {
 
 
 @pytest.fixture(scope="module")
-def tag_runs(cluster: Cluster) -> Iterator[dict[str, list[dict[str, Any]]]]:
+def tag_runs(cluster: LocalCluster) -> Iterator[dict[str, list[dict[str, Any]]]]:
     """The tag jobs run every second for ~5 ticks; their executions, once all finished."""
     cluster.heal(timeout=90)
     try:
@@ -228,7 +229,7 @@ def test_job_without_tags_runs_on_exactly_one_node(tag_runs: dict[str, list[dict
         assert executions[0]["status"] == "success"
 
 
-def test_unmatched_tags_fail_loudly(tag_runs: dict[str, list[dict[str, Any]]], cluster: Cluster) -> None:
+def test_unmatched_tags_fail_loudly(tag_runs: dict[str, list[dict[str, Any]]], cluster: LocalCluster) -> None:
     executions = tag_runs["tags-nope"]
     assert len(by_run(executions)) >= 3, executions
     for ex in executions:
@@ -252,7 +253,7 @@ NOPE_MANUAL = {
 }
 
 
-def test_manual_run_refused_through_a_follower_is_409(healthy: Cluster) -> None:
+def test_manual_run_refused_through_a_follower_is_409(healthy: LocalCluster) -> None:
     c = healthy
     c.create_job(NOPE_MANUAL)
     try:
@@ -266,7 +267,7 @@ def test_manual_run_refused_through_a_follower_is_409(healthy: Cluster) -> None:
 # -- 4. live output and kill ----------------------------------------------------------------------
 
 
-def test_live_output_in_busy_and_kill(healthy: Cluster) -> None:
+def test_live_output_in_busy_and_kill(healthy: LocalCluster) -> None:
     c = healthy
     job = "live-output"
     c.create_job(
@@ -309,7 +310,7 @@ def test_live_output_in_busy_and_kill(healthy: Cluster) -> None:
 # -- 8. concurrency: forbid across the cluster ----------------------------------------------------
 
 
-def test_forbid_never_overlaps_scheduled_or_manual(healthy: Cluster) -> None:
+def test_forbid_never_overlaps_scheduled_or_manual(healthy: LocalCluster) -> None:
     c = healthy
     job = "forbid-sleep"
     c.create_job(
@@ -359,7 +360,7 @@ def test_forbid_never_overlaps_scheduled_or_manual(healthy: Cluster) -> None:
 # -- 7. an agent dies mid-run ---------------------------------------------------------------------
 
 
-def test_agent_killed_mid_run_is_lost_and_forbid_not_blocked(healthy: Cluster, tmp_path: Path) -> None:
+def test_agent_killed_mid_run_is_lost_and_forbid_not_blocked(healthy: LocalCluster, tmp_path: Path) -> None:
     c = healthy
     job = "lost-forbid"
     duration = tmp_path / "duration"
@@ -416,7 +417,7 @@ def test_agent_killed_mid_run_is_lost_and_forbid_not_blocked(healthy: Cluster, t
 # -- 5. kill -9 the leader ------------------------------------------------------------------------
 
 
-def test_leader_kill9_failover(healthy: Cluster) -> None:
+def test_leader_kill9_failover(healthy: LocalCluster) -> None:
     c = healthy
     tick, inflight = "failover-tick", "failover-inflight"
     c.create_job(
@@ -506,7 +507,7 @@ def test_leader_kill9_failover(healthy: Cluster) -> None:
 # -- 6. SIGSTOP the leader longer than an election timeout ----------------------------------------
 
 
-def test_frozen_leader_never_runs_a_tick_twice(healthy: Cluster, tmp_path: Path) -> None:
+def test_frozen_leader_never_runs_a_tick_twice(healthy: LocalCluster, tmp_path: Path) -> None:
     c = healthy
     jobs = {"freeze-any": {}, "freeze-agents": {"pool": "web:1"}}  # one node of all / one of the agents
     files = {job: tmp_path / f"{job}.txt" for job in jobs}
@@ -555,7 +556,7 @@ def test_frozen_leader_never_runs_a_tick_twice(healthy: Cluster, tmp_path: Path)
 # -- 9. leave, remove-peer (destructive: last) ----------------------------------------------------
 
 
-def test_leave_stops_the_agent_and_marks_it_left(healthy: Cluster) -> None:
+def test_leave_stops_the_agent_and_marks_it_left(healthy: LocalCluster) -> None:
     c = healthy
     a1 = c.node("a1")
     done = dkron_cli("leave", "--rpc-addr", a1.rpc_addr)
@@ -571,7 +572,7 @@ def test_leave_stops_the_agent_and_marks_it_left(healthy: Cluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def removed_peer(cluster: Cluster) -> tuple[Node, Node]:
+def removed_peer(cluster: LocalCluster) -> tuple[Node, Node]:
     """A follower killed -9 and removed with ``dkron raft remove-peer`` via the leader (for good)."""
     cluster.heal(timeout=90)
     leader = cluster.leader()
@@ -585,7 +586,7 @@ def removed_peer(cluster: Cluster) -> tuple[Node, Node]:
     return leader, dead
 
 
-def test_remove_peer_of_a_dead_server(cluster: Cluster, removed_peer: tuple[Node, Node]) -> None:
+def test_remove_peer_of_a_dead_server(cluster: LocalCluster, removed_peer: tuple[Node, Node]) -> None:
     c = cluster
     leader, dead = removed_peer
     peers = wait_peers(leader, 2, timeout=10)
@@ -601,7 +602,7 @@ def test_remove_peer_of_a_dead_server(cluster: Cluster, removed_peer: tuple[Node
         c.delete_job(name)
 
 
-def test_removed_peer_is_gone_from_every_servers_list(cluster: Cluster, removed_peer: tuple[Node, Node]) -> None:
+def test_removed_peer_is_gone_from_every_servers_list(cluster: LocalCluster, removed_peer: tuple[Node, Node]) -> None:
     leader, dead = removed_peer
     wait_peers(leader, 2, timeout=10)
     for server in cluster.live_servers():

@@ -118,7 +118,10 @@ class Agent:
         )
 
     def _start_grpc(self) -> None:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"))
+        # One thread per AgentRun stream for as long as the run lasts, plus room for heartbeats,
+        # kills and forwarded writes: a fixed 64 capped a node at 64 runs in flight.
+        workers = self.config["max-concurrent-runs"] + 64
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(
                 self.runner,

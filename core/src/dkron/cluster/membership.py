@@ -35,6 +35,10 @@ class Node:
     status: str = "alive"  # alive | failed | left
     last_seen: float = 0.0
     running: tuple[str, ...] = ()
+    #: Wall-clock time (this server's) of the last heartbeat that listed ``running``; 0 = none
+    #: since this server started tracking the node. A run missing from a list sent before the
+    #: run started proves nothing, so the reaper only trusts lists reported after it.
+    reported_wall: float = 0.0
 
     def as_member(self, leader_name: str | None) -> dict[str, Any]:
         host, _, port = self.rpc_addr.rpartition(":")
@@ -94,7 +98,7 @@ class Membership:
         *,
         is_server: bool = False,
         version: str = "",
-        running: Iterable[str] = (),
+        running: Iterable[str] | None = None,
     ) -> Node:
         with self._lock:
             node = self._nodes.get(name)
@@ -107,7 +111,9 @@ class Membership:
             node.version = version or node.version
             node.status = "alive"
             node.last_seen = self.clock()
-            node.running = tuple(running)
+            if running is not None:  # a heartbeat, not a registration
+                node.running = tuple(running)
+                node.reported_wall = time.time()
             return node
 
     def reset(self, registered: Iterable[Mapping[str, Any]], keep: str | None = None) -> None:

@@ -21,6 +21,16 @@ from dkron.store.queries import Reader
 
 log = logging.getLogger(__name__)
 
+#: Seconds a node's running list must postdate a run's start before its absence counts (covers
+#: the time the node takes to send the list and clock skew between nodes).
+REPORT_MARGIN = 2.0
+
+
+def _epoch(iso: str | None) -> float:
+    if not iso:
+        return 0.0
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
 
 class Reaper:
     def __init__(
@@ -102,6 +112,8 @@ class Reaper:
         if node is None or node.status in ("failed", "left"):
             state = node.status if node else "unknown"
             return f"node {ex['node_name']} is {state} (no heartbeat); the run's outcome is unknown"
+        if node.reported_wall < _epoch(ex.get("started_at")) + REPORT_MARGIN:
+            return None  # no running list from that node since the run started (e.g. a new leader)
         if ex["id"] not in node.running:
             return f"node {ex['node_name']} no longer reports this run (it restarted); outcome unknown"
         return None

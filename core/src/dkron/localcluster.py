@@ -1,18 +1,19 @@
-"""Real multi-process Dkron clusters on 127.0.0.1 for the cluster tests.
+"""Real multi-process Dkron clusters on 127.0.0.1, for the cluster tests, chaos runs and benchmarks.
 
-``Node`` wraps one ``python -m dkron.cli agent`` process (a server or an agent) with fixed
-ports, so that ``restart()`` brings it back on the same data dir and the same addresses.
-``Cluster`` starts 3 servers (``--bootstrap-expect 3``, ``--retry-join`` to all three) and any
-number of tagged agents, waits until every server names the same leader and ``/v1/members``
-shows every node alive, and stops everything on ``close()`` (SIGTERM, then SIGKILL, plus any
-job processes a killed node left behind).
+``Node`` wraps one ``python -m dkron.cli agent`` process (a server or an agent) with fixed ports,
+so that ``restart()`` brings it back on the same data dir and the same addresses.
+``LocalCluster`` starts ``servers`` servers (``--bootstrap-expect N``, ``--retry-join`` to all of
+them) and any number of tagged agents, waits until the servers agree on a leader and
+``/v1/members`` shows every node alive, and stops everything on ``close()`` (SIGTERM, then
+SIGKILL, plus any job processes a killed node left behind).
 
-Everything a test asserts goes through what a user has: the HTTP API of the servers, the
-``dkron`` CLI, exit codes and files written by jobs.
+Everything here goes through what a user has: the nodes' HTTP API, the ``dkron`` CLI, exit
+codes and log files. Nothing is mocked.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -23,31 +24,26 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
+from dkron.testing import HttpResult, free_port
 
-from dkron.testing import free_port
+try:
+    import psutil
+except ImportError:  # a dev dependency: without it, job processes of killed nodes are not reaped
+    psutil = None  # type: ignore[assignment]
 
 #: Network errors a request to a node that is down (or frozen) can raise.
 NETWORK_ERRORS = (OSError, urllib.error.URLError, ConnectionError, TimeoutError)
 
+#: Agents (no ``--server``) started by default, with their tags.
+DEFAULT_AGENTS = {"a1": {"pool": "web", "zone": "a"}, "a2": {"pool": "web", "zone": "b"}}
 
-class Http:
-    """The answer to one HTTP request."""
 
-    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return f"<Http {self.status} {self.body[:300]!r}>"
+#: One HTTP answer (status, body, headers, ``json()``).
+Http = HttpResult
 
 
 def http(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> Http:
@@ -78,6 +74,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def dkron_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run ``dkron <args>`` (this interpreter's) and return the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "dkron.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def parse_peers(text: str) -> list[dict[str, str]]:
+    """The table ``dkron raft list-peers`` prints, as dicts keyed by its lower-cased header."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = [h.lower() for h in lines[0].split()]
+    return [dict(zip(header, line.split(), strict=False)) for line in lines[1:]]
+
+
 class Node:
     """One ``dkron agent`` process with fixed ports and data dir (so it can be restarted)."""
 
@@ -88,10 +100,10 @@ class Node:
         *,
         server: bool,
         join: Iterable[str] = (),
-        tags: dict[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
         bootstrap_expect: int = 3,
-        extra_args: Iterable[str] = (),
-        env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -103,11 +115,18 @@ class Node:
         self.join = list(join)
         self.tags = dict(tags or {})
         self.bootstrap_expect = bootstrap_expect
-        self.extra_args = list(extra_args)
-        self.env = dict(env or {})
+        self.extra_args = ["--shutdown-timeout", "5s", *extra_args]
+        # The caller's environment without DKRON_* options (they would override our flags).
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DKRON_")}
+        self.env.update(env or {})
+        self.env["PYTHONUNBUFFERED"] = "1"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+        self.starts = 0
         self.stopped_on_purpose = False  # by kill9/stop (or `dkron leave`): not a crash
-        self._descendants: set[int] = set()
+        #: How the last stop() went: {"rc", "seconds", "graceful"}.
+        self.last_stop: dict[str, Any] = {}
+        self._descendants: set[tuple[int, float]] = set()
 
     # -- addresses -----------------------------------------------------------------------------
     @property
@@ -124,30 +143,11 @@ class Node:
         return f"http://127.0.0.1:{self.http_port}"
 
     def args(self) -> list[str]:
-        args = [
-            sys.executable,
-            "-m",
-            "dkron.cli",
-            "agent",
-            "--node-name",
-            self.name,
-            "--data-dir",
-            str(self.data_dir),
-            "--rpc-port",
-            str(self.rpc_port),
-            "--shutdown-timeout",
-            "5s",
-        ]
+        args = [sys.executable, "-m", "dkron.cli", "agent", "--node-name", self.name]
+        args += ["--data-dir", str(self.data_dir), "--rpc-port", str(self.rpc_port)]
         if self.server:
-            args += [
-                "--server",
-                "--bootstrap-expect",
-                str(self.bootstrap_expect),
-                "--raft-port",
-                str(self.raft_port),
-                "--http-addr",
-                f"127.0.0.1:{self.http_port}",
-            ]
+            args += ["--server", "--bootstrap-expect", str(self.bootstrap_expect)]
+            args += ["--raft-port", str(self.raft_port), "--http-addr", f"127.0.0.1:{self.http_port}"]
         for addr in self.join:
             args += ["--retry-join", addr]
         for key, value in self.tags.items():
@@ -157,13 +157,13 @@ class Node:
     # -- process control -----------------------------------------------------------------------
     def start(self) -> Node:
         assert not self.running, f"{self.name} is already running"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
-        log.write(f"\n===== start {time.strftime('%H:%M:%S')} {' '.join(self.args()[3:])}\n".encode())
-        log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {time.strftime('%H:%M:%S')} {' '.join(self.args()[3:])}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.stopped_on_purpose = False
-        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        self.frozen = False
+        self.starts += 1
         return self
 
     @property
@@ -176,21 +176,36 @@ class Node:
         return self.proc.pid
 
     def _remember_descendants(self) -> None:
-        """Job processes (shell jobs run in their own session) outlive a SIGKILLed agent."""
-        if not self.running:
+        """Job processes (shell jobs run in their own session) outlive a SIGKILLed node."""
+        if psutil is None or not self.running:
             return
         with contextlib.suppress(psutil.Error):
-            self._descendants |= {p.pid for p in psutil.Process(self.pid).children(recursive=True)}
+            for child in psutil.Process(self.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    self._descendants.add((child.pid, child.create_time()))
 
     def kill_descendants(self) -> None:
-        for pid in list(self._descendants):
+        if psutil is None:
+            return
+        for pid, created in sorted(self._descendants):
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(pid)
-                for child in proc.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        child.kill()
-                proc.kill()
+                if proc.create_time() == created:  # still the same process, not a reused pid
+                    for child in proc.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            child.kill()
+                    proc.kill()
         self._descendants.clear()
+
+    def freeze(self) -> None:
+        assert self.running, f"{self.name} is not running"
+        os.kill(self.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.running:
+            os.kill(self.pid, signal.SIGCONT)
+        self.frozen = False
 
     def kill9(self, with_jobs: bool = True) -> None:
         """SIGKILL the node, like a machine crash: by default its running job processes die too."""
@@ -198,35 +213,36 @@ class Node:
         self.stopped_on_purpose = True
         if self.running:
             self.thaw()
-            self.proc.kill()  # type: ignore[union-attr]
-            self.proc.wait(10)  # type: ignore[union-attr]
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+        self.frozen = False
         if with_jobs:
             self.kill_descendants()
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (graceful), SIGKILL after ``timeout``; returns the exit code."""
+        """SIGTERM (graceful), SIGKILL after ``timeout``; returns the exit code (see ``last_stop``)."""
         if self.proc is None:
             return None
         self._remember_descendants()
         self.stopped_on_purpose = True
+        started, graceful = time.monotonic(), True
         if self.proc.poll() is None:
             self.thaw()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                graceful = False
                 self.proc.kill()
                 self.proc.wait(10)
         self.kill_descendants()
+        self.last_stop = {
+            "rc": self.proc.returncode,
+            "seconds": round(time.monotonic() - started, 2),
+            "graceful": graceful,
+        }
         return self.proc.returncode
-
-    def freeze(self) -> None:
-        assert self.running
-        os.kill(self.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        if self.running:
-            os.kill(self.pid, signal.SIGCONT)
 
     def restart(self) -> Node:
         """Start again with the same data dir, ports and flags (after kill9 or stop)."""
@@ -253,49 +269,53 @@ class Node:
     def delete(self, path: str, timeout: float = 5.0) -> Http:
         return self.request("DELETE", path, timeout=timeout)
 
+    def healthy(self, timeout: float = 1.0) -> bool:
+        if not self.running or self.frozen:
+            return False
+        try:
+            return self.get("/health", timeout=timeout).status == 200
+        except NETWORK_ERRORS:
+            return False
+
     def __repr__(self) -> str:
         return f"<Node {self.name} {'server' if self.server else 'agent'} rpc={self.rpc_addr}>"
 
 
-def dkron_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run ``dkron <args>`` (this interpreter's) and return the finished process."""
-    return subprocess.run(
-        [sys.executable, "-m", "dkron.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def parse_peers(text: str) -> list[dict[str, str]]:
-    """The table ``dkron raft list-peers`` prints, as dicts keyed by its lower-cased header."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return []
-    header = [h.lower() for h in lines[0].split()]
-    return [dict(zip(header, line.split(), strict=False)) for line in lines[1:]]
-
-
-class Cluster:
-    """3 servers and some tagged agents; every server's ``--retry-join`` names all three."""
+class LocalCluster:
+    """``servers`` servers and some tagged agents; every node's ``--retry-join`` names all servers."""
 
     def __init__(
         self,
         base: Path,
         *,
         servers: int = 3,
-        agents: dict[str, dict[str, str]] | None = None,
-        server_env: dict[str, str] | None = None,
+        agents: Mapping[str, Mapping[str, str]] | None = None,
+        server_args: Sequence[str] = (),
+        agent_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        server_env: Mapping[str, str] | None = None,
     ) -> None:
         base.mkdir(parents=True, exist_ok=True)
         self.base = base
         self.servers = [
-            Node(base, f"s{i + 1}", server=True, bootstrap_expect=servers, env=server_env) for i in range(servers)
+            Node(
+                base,
+                f"s{i + 1}",
+                server=True,
+                bootstrap_expect=servers,
+                extra_args=server_args,
+                env={**(env or {}), **(server_env or {})},
+            )
+            for i in range(servers)
         ]
         joins = [s.rpc_addr for s in self.servers]
         for server in self.servers:
             server.join = joins
-        agents = (
-            agents if agents is not None else {"a1": {"pool": "web", "zone": "a"}, "a2": {"pool": "web", "zone": "b"}}
-        )
-        self.agents = [Node(base, name, server=False, join=joins[:2], tags=tags) for name, tags in agents.items()]
+        agents = DEFAULT_AGENTS if agents is None else agents
+        self.agents = [
+            Node(base, name, server=False, join=joins, tags=tags, extra_args=agent_args, env=env)
+            for name, tags in agents.items()
+        ]
         self.retired: set[str] = set()  # nodes gone for good (left, removed from Raft)
 
     @property
@@ -305,7 +325,7 @@ class Cluster:
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
-    def start(self, timeout: float = 90.0) -> Cluster:
+    def start(self, timeout: float = 120.0) -> LocalCluster:
         for node in self.nodes:
             node.start()
         self.wait_ready(timeout)
@@ -323,21 +343,34 @@ class Cluster:
                 node.start()
         self.wait_ready(timeout)
 
-    def close(self) -> None:
-        def stop(node: Node) -> None:
-            with contextlib.suppress(Exception):
-                node.stop(timeout=12)
+    def stop_all(self, timeout: float = 40.0) -> dict[str, dict[str, Any]]:
+        """Graceful stop of every node at once; returns each node's ``last_stop`` (or error)."""
+        results: dict[str, dict[str, Any]] = {}
 
-        threads = [threading.Thread(target=stop, args=(n,)) for n in self.nodes]
+        def stop(node: Node) -> None:
+            try:
+                node.stop(timeout)
+                results[node.name] = dict(node.last_stop)
+            except Exception as exc:  # keep stopping the others
+                results[node.name] = {"error": repr(exc)}
+
+        threads = [threading.Thread(target=stop, args=(n,), daemon=True) for n in self.nodes]
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(30)
-        for node in self.nodes:  # whatever survived
+            thread.join(timeout + 20)
+        return results
+
+    def kill_all(self) -> None:
+        for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.kill9()
 
-    def __enter__(self) -> Cluster:
+    def close(self) -> None:
+        self.stop_all(timeout=12)
+        self.kill_all()  # whatever survived
+
+    def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -345,7 +378,7 @@ class Cluster:
 
     # -- views ---------------------------------------------------------------------------------
     def live_servers(self) -> list[Node]:
-        return [s for s in self.servers if s.running and s.name not in self.retired]
+        return [s for s in self.servers if s.running and not s.frozen and s.name not in self.retired]
 
     def leader_names(self, timeout: float = 2.0) -> dict[str, str | None]:
         """What ``GET /v1/leader`` names on every live server (None: no answer or no leader)."""
@@ -359,7 +392,7 @@ class Cluster:
         return names
 
     def leader(self, timeout: float = 30.0, exclude: Iterable[str] = ()) -> Node:
-        """The server every live server names as leader (waits for agreement)."""
+        """The server every live server names as leader (waits for agreement; AssertionError if none)."""
         excluded = set(exclude)
 
         def agreed() -> Node | None:
@@ -374,6 +407,25 @@ class Cluster:
             return leader if leader.get("/v1/isleader", timeout=2).status == 200 else None
 
         return wait_for(agreed, timeout, f"leader agreement among {[s.name for s in self.live_servers()]}")
+
+    def find_leader(self, timeout: float = 30.0) -> Node | None:
+        """The server a majority of the answering servers name and that says it leads, or None.
+
+        Unlike :meth:`leader`, it does not need every server to agree: for use during faults.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            names = [name for name in self.leader_names(timeout=1.0).values() if name]
+            if names:
+                name, votes = collections.Counter(names).most_common(1)[0]
+                candidate = next((s for s in self.live_servers() if s.name == name), None)
+                if candidate is not None and votes * 2 > len(names):
+                    with contextlib.suppress(*NETWORK_ERRORS):
+                        if candidate.get("/v1/isleader", timeout=1.0).status == 200:
+                            return candidate
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
 
     def followers(self) -> list[Node]:
         leader = self.leader()
@@ -396,13 +448,20 @@ class Cluster:
 
         return wait_for(check, timeout, f"members {expected}")
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> Node:
+        """Every running node up: agreed leader, every server healthy, every node alive in members."""
         deadline = time.monotonic() + timeout
         for node in self.nodes:
-            if node.name not in self.retired and node.proc is not None and node.proc.poll() is not None:
+            exited = node.proc is not None and node.proc.poll() is not None
+            if exited and node.name not in self.retired and not node.stopped_on_purpose:
                 raise RuntimeError(f"{node.name} exited with {node.proc.returncode}:\n{node.log()}")
         try:
-            self.leader(timeout=max(1.0, deadline - time.monotonic()))
+            leader = self.leader(timeout=max(1.0, deadline - time.monotonic()))
+            wait_for(
+                lambda: all(s.healthy() for s in self.live_servers()),
+                max(1.0, deadline - time.monotonic()),
+                "every server healthy",
+            )
             self.wait_members(
                 {n.name: "alive" for n in self.nodes if n.running and n.name not in self.retired},
                 timeout=max(1.0, deadline - time.monotonic()),
@@ -410,6 +469,7 @@ class Cluster:
         except AssertionError as exc:
             logs = "\n".join(f"--- {n.name}\n{n.log(1500)}" for n in self.nodes)
             raise AssertionError(f"cluster not ready: {exc}\n{logs}") from None
+        return leader
 
     # -- jobs ----------------------------------------------------------------------------------
     def api(self) -> Node:
