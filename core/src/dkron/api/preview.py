@@ -30,7 +30,8 @@ def next_times(schedule: str, timezone: str, n: int, *, after: datetime | None =
 def schedule_preview() -> Response:
     schedule = request.args.get("schedule", "").strip()
     timezone = request.args.get("timezone", "")
-    n = _parse_int("n", 5) or 0
+    n = _parse_int("n", 5)
+    assert n is not None
     if not 1 <= n <= MAX_PREVIEW:
         raise ApiError(f"n must be between 1 and {MAX_PREVIEW}, got {n}", field="n")
     if not schedule:

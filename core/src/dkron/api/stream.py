@@ -70,7 +70,8 @@ class _Released:
 def stream_execution(job_name: str, execution_id: str) -> Response:
     load_job(job_name)
     node = agent()
-    max_seconds = _parse_int("max_seconds", DEFAULT_SECONDS) or DEFAULT_SECONDS
+    max_seconds = _parse_int("max_seconds", DEFAULT_SECONDS)
+    assert max_seconds is not None
     if not 1 <= max_seconds <= MAX_SECONDS:
         raise ApiError(f"max_seconds must be between 1 and {MAX_SECONDS}, got {max_seconds}")
     if not _streams.acquire(blocking=False):

@@ -327,7 +327,7 @@
               var li = document.createElement("li");
               li.innerHTML = '<time datetime=""></time> <span class="muted"></span>';
               li.firstChild.setAttribute("datetime", t.utc);
-              li.lastChild.textContent = "· " + t.local + " in the job's zone";
+              li.lastChild.textContent = "· " + t.local.replace("T", " ");
               list.appendChild(li);
             });
             localizeTimes(list);
