@@ -68,8 +68,14 @@ def page(browser: Any, ui_agent: AgentProcess) -> Iterator[Any]:
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-def screenshot(tab: Any, name: str, *, full_page: bool = True) -> Path:
+def _screenshot(tab: Any, name: str, *, full_page: bool = True) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     tab.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+@pytest.fixture
+def screenshot() -> Any:
+    """``screenshot(tab, "jobs")`` saves ``artifacts/screenshots/jobs.png`` (CI keeps it as an artifact)."""
+    return _screenshot

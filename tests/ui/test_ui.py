@@ -14,12 +14,10 @@ import time
 
 from playwright.sync_api import expect
 
-from tests.ui.conftest import screenshot
-
 LONG_COMMAND = "for i in $(seq 1 200); do echo tick-$i; sleep 0.2; done"
 
 
-def test_create_run_edit_disable_delete_through_the_form(page, ui_agent):
+def test_create_run_edit_disable_delete_through_the_form(page, ui_agent, screenshot):
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/ui/$"))
     page.get_by_role("link", name="Jobs", exact=True).click()
@@ -93,7 +91,7 @@ def test_create_run_edit_disable_delete_through_the_form(page, ui_agent):
     assert ui_agent.get("/v1/jobs/ui-hello").status == 404
 
 
-def test_live_output_of_a_long_job_then_kill(page, ui_agent):
+def test_live_output_of_a_long_job_then_kill(page, ui_agent, screenshot):
     body = {
         "name": "ui-long",
         "schedule": "@manually",
@@ -129,7 +127,7 @@ def test_live_output_of_a_long_job_then_kill(page, ui_agent):
     assert "tick-200" not in executions[0]["output"]
 
 
-def test_find_one_job_among_10000(page, ui_agent):
+def test_find_one_job_among_10000(page, ui_agent, screenshot):
     jobs = [
         {
             "name": f"bulk-{i:05d}",
@@ -178,7 +176,7 @@ def test_find_one_job_among_10000(page, ui_agent):
     expect(page.locator("#jobs-table")).to_contain_text("page 2 of")
 
 
-def test_bulk_disable_and_phone_layout(page, ui_agent, browser):
+def test_bulk_disable_and_phone_layout(page, ui_agent, browser, screenshot):
     page.goto("/ui/jobs?q=bulk-0000")
     expect(page.locator("#jobs-total")).to_contain_text("10 jobs")
     page.check("#select-all")
@@ -197,7 +195,7 @@ def test_bulk_disable_and_phone_layout(page, ui_agent, browser):
     phone.close()
 
 
-def test_other_pages_and_login(page, ui_agent):
+def test_other_pages_and_login(page, ui_agent, screenshot):
     for path, name, text in [
         ("/ui/nodes", "nodes", "node1"),
         ("/ui/plugins", "plugins", "shell"),

@@ -9,10 +9,11 @@ nodes, plugins), ``jobs`` (jobs list, job, execution), ``editor`` (create/edit),
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, redirect, send_from_directory
+from flask import Blueprint, Response, g, redirect, send_from_directory
 
 from dkron import __version__
 from dkron.jobs import parse_time
@@ -21,6 +22,11 @@ bp = Blueprint("ui", __name__, template_folder="templates")
 STATIC_DIR = Path(__file__).parent / "static"
 #: Static URLs carry the version (``?v=``), so browsers may keep them for a day without going stale.
 STATIC_MAX_AGE = 86400
+
+
+@bp.before_request
+def _start_timer() -> None:
+    g.ui_started = time.perf_counter()
 
 
 @bp.get("/")
