@@ -73,6 +73,7 @@ def time_page(session: Any, url: str, paths: list[str], loads: int, warm: int = 
     return {
         "server_median_ms": round(statistics.median(server), 1),
         "server_p95_ms": round(C.percentile(server, 95), 1),
+        "server_max_ms": round(server[-1], 1),
         "wall_median_ms": round(statistics.median(wall), 1),
         "bytes": size,
     }
@@ -94,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"filling {data_dir} offline ...", flush=True)
         print(f"  filled: {bench_store.fill(data_dir, args.jobs, args.executions, 5_000, keep)}", flush=True)
     runner = C.AgentRunner(data_dir, ["--retention-count", str(keep)], wait=600)
+    log_offset = bench_store.log_size(runner.agent)  # a reused data dir's log has earlier runs
     results: dict[str, Any] = {}
     try:
         with runner as agent:
             session = requests.Session()
             C.wait_leader(session, agent.url, timeout=120)
+            # The new leader loads every job into its scheduler first: measure after that.
+            bench_store.wait_scheduler_active(agent, log_offset)
+            time.sleep(2)
             n = args.loads
             step = max(1, args.jobs // n)
             names = [bench_store.job_name(min(args.jobs - 1, k * step)) for k in range(n)]
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 "dashboard": ["/ui/"],
             }
             for label, paths in pages.items():
-                results[label] = time_page(session, agent.url, paths, n)
+                # No warm-up for the dashboard: its max is the load that counted the last hour's runs.
+                results[label] = time_page(session, agent.url, paths, n, warm=0 if label == "dashboard" else 2)
                 print(f"  {label}: {results[label]}", flush=True)
     finally:
         runner.stop()
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             label,
             r["server_median_ms"],
             r["server_p95_ms"],
+            r["server_max_ms"],
             r["wall_median_ms"],
             r["bytes"],
             C.verdict(r["server_median_ms"] <= TARGET_MS),
@@ -132,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, r in results.items()
     ]
     print()
-    C.print_table(
-        rows, ["page", "server median ms", "server p95 ms", "wall median ms", "bytes", f"<= {TARGET_MS:.0f} ms"]
-    )
+    headers = ["page", "server median ms", "p95", "max", "wall median ms", "bytes", f"median <= {TARGET_MS:.0f} ms"]
+    C.print_table(rows, headers)
     C.print_json_line({"bench": "ui", "jobs": args.jobs, "executions": args.executions, "pages": results})
     return 0
 

@@ -220,7 +220,7 @@
       };
       try { job.processors = f.processors.value.trim() ? JSON.parse(f.processors.value) : {}; }
       catch (e) { throw { field: "processors", error: "processors: not valid JSON (" + e.message + ")" }; }
-      var fs = form.querySelector("fieldset[data-executor='" + job.executor + "']"), cfg = {};
+      var fs = form.querySelector("fieldset[data-executor='" + CSS.escape(job.executor) + "']"), cfg = {};
       if (fs && fs.dataset.json !== undefined) {
         var text = fs.querySelector("textarea").value.trim();
         try { cfg = text ? JSON.parse(text) : {}; }
@@ -249,7 +249,7 @@
       f.processors.value = job.processors && Object.keys(job.processors).length ? JSON.stringify(job.processors, null, 2) : "";
       if (job.executor) execSel.value = job.executor;
       showExecutor();
-      var fs = form.querySelector("fieldset[data-executor='" + execSel.value + "']"), cfg = job.executor_config || {};
+      var fs = form.querySelector("fieldset[data-executor='" + CSS.escape(execSel.value) + "']"), cfg = job.executor_config || {};
       if (fs && fs.dataset.json !== undefined) fs.querySelector("textarea").value = JSON.stringify(cfg, null, 2);
       else if (fs) fs.querySelectorAll("[data-key]").forEach(function (el) {
         var v = cfg[el.dataset.key];
@@ -265,7 +265,7 @@
     function showError(field, text) {
       var el = null;
       while (field && !el) {
-        el = form.querySelector(".err[data-field='" + field + "']");
+        el = form.querySelector(".err[data-field='" + CSS.escape(field) + "']");
         field = field.indexOf(".") > 0 ? field.slice(0, field.lastIndexOf(".")) : "";
       }
       el = el || document.getElementById("form-error");
@@ -300,7 +300,6 @@
         if (res.status === 401 || res.status === 403) return;
         var err = (res.data && res.data.error) || ("HTTP " + res.status);
         showError(rawBox.classList.contains("hidden") ? res.data && res.data.field : "raw", err);
-        if (!rawBox.classList.contains("hidden") || !(res.data && res.data.field)) return;
       });
     });
     // Schedule preview: the next run times as you type.
