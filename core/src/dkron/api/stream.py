@@ -25,7 +25,9 @@ MAX_STREAMS = 6  # of the HTTP server's 16 threads: the API must stay responsive
 DEFAULT_SECONDS = 600
 MAX_SECONDS = 3600
 POLL_SECONDS = 0.4
-KEEPALIVE_SECONDS = 15.0  # well under waitress's 60 s channel timeout
+# A write is also how a departed client is noticed (waitress then closes the stream and its slot
+# is freed), so keep-alives come often even though waitress's channel timeout is 60 s.
+KEEPALIVE_SECONDS = 5.0
 START_GRACE_SECONDS = 5.0  # a just-launched execution may not be visible anywhere yet
 _streams = threading.BoundedSemaphore(MAX_STREAMS)
 
