@@ -26,8 +26,8 @@ DEFAULT_SECONDS = 600
 MAX_SECONDS = 3600
 POLL_SECONDS = 0.4
 # A write is also how a departed client is noticed (waitress then closes the stream and its slot
-# is freed), so keep-alives come often even though waitress's channel timeout is 60 s.
-KEEPALIVE_SECONDS = 5.0
+# is freed, about three keep-alives after it left), so they come often; waitress times out at 60 s.
+KEEPALIVE_SECONDS = 2.0
 START_GRACE_SECONDS = 5.0  # a just-launched execution may not be visible anywhere yet
 _streams = threading.BoundedSemaphore(MAX_STREAMS)
 
