@@ -179,3 +179,43 @@ def test_the_stream_is_bounded_in_time_and_in_number(agent):
         time.sleep(0.5)
     assert agent.get(path + "?max_seconds=1").status == 200
     agent.post(f"/v1/jobs/s-sleep/executions/{run['execution_id']}/kill")
+
+
+def test_pages_ask_the_authorizer_when_the_auth_layer_installs_one():
+    from types import SimpleNamespace
+
+    from dkron.api.app import create_app
+
+    app = create_app(SimpleNamespace(node_name="stub", is_leader=False))
+    app.config["DKRON_UI_AUTHORIZE"] = lambda req: None if req.cookies.get("dkron_token") == "good" else (401, "no")
+    client = app.test_client()
+    denied = client.get("/ui/jobs?q=x")
+    assert denied.status_code == 401 and b"/ui/login?next=/ui/jobs%3Fq%3Dx" in denied.data
+    assert client.get("/ui/login").status_code == 200  # the way in stays open
+    assert client.get("/ui/static/app.css").status_code == 200
+    # Login stores the token: HttpOnly, SameSite=Strict, Secure over HTTPS; only local redirects.
+    https = app.test_client()
+    answer = https.post("/ui/login", data={"token": "good", "next": "//evil.example/"}, base_url="https://localhost")
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/"
+    cookie = answer.headers["Set-Cookie"]
+    assert cookie.startswith("dkron_token=good;") and all(
+        f in cookie for f in ("HttpOnly", "SameSite=Strict", "Secure")
+    )
+    plain = app.test_client().post("/ui/login", data={"token": "good"})
+    assert "Secure" not in plain.headers["Set-Cookie"]
+    assert app.test_client().post("/ui/login", data={"token": "has space"}).status_code == 400
+
+
+def test_static_files_are_cached_and_compressed():
+    from types import SimpleNamespace
+
+    from dkron.api.app import create_app
+
+    client = create_app(SimpleNamespace(node_name="stub")).test_client()
+    plain = client.get("/ui/static/htmx.min.js")
+    packed = client.get("/ui/static/htmx.min.js", headers={"Accept-Encoding": "gzip, br"})
+    assert plain.headers["Cache-Control"] == packed.headers["Cache-Control"] == "public, max-age=86400"
+    assert packed.headers["Content-Encoding"] == "gzip" and len(packed.data) < len(plain.data) / 2
+    assert packed.headers["Content-Type"].startswith("text/javascript")
+    assert client.get("/ui/static/../__init__.py").status_code == 404
+    assert client.get("/ui/static/htmx-LICENSE.txt").status_code == 200

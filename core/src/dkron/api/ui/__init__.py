@@ -9,11 +9,13 @@ nodes, plugins), ``jobs`` (jobs list, job, execution), ``editor`` (create/edit),
 
 from __future__ import annotations
 
+import gzip
+import mimetypes
 import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, g, redirect, send_from_directory
+from flask import Blueprint, Response, current_app, g, redirect, request, send_from_directory
 
 from dkron import __version__
 from dkron.jobs import parse_time
@@ -24,9 +26,30 @@ STATIC_DIR = Path(__file__).parent / "static"
 STATIC_MAX_AGE = 86400
 
 
+#: Pages anyone may load, even when the API requires a token.
+PUBLIC_PATHS = ("/ui/login", "/ui/logout", "/ui/static/")
+
+
 @bp.before_request
-def _start_timer() -> None:
+def _start_and_authorize() -> Any:
+    """Time the page; then, if the app has an authorizer for UI pages, ask it.
+
+    The pages read the store directly (server-rendered), so when the API requires tokens they must
+    be guarded like the API's reads. The auth layer plugs in as ``app.config["DKRON_UI_AUTHORIZE"]``:
+    a callable taking the request and answering None (allowed) or ``(status, message)``. A refusal
+    is shown as a page with a link to ``/ui/login``, not as JSON.
+    """
     g.ui_started = time.perf_counter()
+    authorize = current_app.config.get("DKRON_UI_AUTHORIZE")
+    if authorize is None or request.path == "/" or request.path.startswith(PUBLIC_PATHS):
+        return None
+    denial = authorize(request)
+    if denial is None:
+        return None
+    status, message = denial
+    from dkron.api.ui.common import page
+
+    return page("error.html", status, title="Log in needed", message=message, login=True)
 
 
 @bp.get("/")
@@ -36,9 +59,31 @@ def root() -> Response:
 
 @bp.get("/ui/static/<path:filename>")
 def static(filename: str) -> Response:
-    response = send_from_directory(STATIC_DIR, filename, max_age=STATIC_MAX_AGE)
+    path = STATIC_DIR / filename
+    if path.suffix in (".js", ".css") and path.parent == STATIC_DIR and path.is_file() and _accepts_gzip():
+        response = Response(_gzipped(path), mimetype=mimetypes.guess_type(path.name)[0])
+        response.headers["Content-Encoding"] = "gzip"
+    else:
+        response = send_from_directory(STATIC_DIR, filename, max_age=STATIC_MAX_AGE)
     response.headers["Cache-Control"] = f"public, max-age={STATIC_MAX_AGE}"
+    response.headers["Vary"] = "Accept-Encoding"
     return response
+
+
+def _accepts_gzip() -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
+
+
+_gzip_cache: dict[Path, tuple[float, bytes]] = {}
+
+
+def _gzipped(path: Path) -> bytes:
+    """The file gzip-compressed, once per version of it (htmx: 51 kB -> 16 kB)."""
+    mtime = path.stat().st_mtime
+    cached = _gzip_cache.get(path)
+    if cached is None or cached[0] != mtime:
+        cached = _gzip_cache[path] = (mtime, gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+    return cached[1]
 
 
 @bp.app_template_filter("duration_text")
