@@ -207,6 +207,16 @@ def test_other_pages_and_login(page, ui_agent, screenshot):
         screenshot(page, name)
     expect(page.locator("main")).to_contain_text("command*")  # the shell executor's declared fields
 
+    # The chain: parent and children link to each other.
+    base = {"executor": "shell", "executor_config": {"command": "true"}}
+    assert ui_agent.post("/v1/jobs", {"name": "chain-parent", "schedule": "@manually", **base}).status == 201
+    assert ui_agent.post("/v1/jobs", {"name": "chain-child", "parent_job": "chain-parent", **base}).status == 201
+    page.goto("/ui/jobs/chain-parent")
+    page.get_by_role("link", name="chain-child").click()
+    expect(page.locator("main")).to_contain_text("runs after its parent chain-parent succeeds")
+    page.get_by_role("link", name="chain-parent").click()
+    expect(page).to_have_url(re.compile(r"/ui/jobs/chain-parent$"))
+
     # An action the API refuses for lack of a token (as the API-token layer answers) shows the
     # message and the way to log in. The refusal is played by the browser's network layer here.
     page.goto("/ui/jobs/ui-long")
