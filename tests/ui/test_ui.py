@@ -197,7 +197,7 @@ def test_bulk_disable_and_phone_layout(page, ui_agent, browser, screenshot):
     phone.close()
 
 
-def test_other_pages_and_login(page, ui_agent, screenshot):
+def test_other_pages_and_login(page, ui_agent, browser, screenshot):
     for path, name, text in [
         ("/ui/nodes", "nodes", "node1"),
         ("/ui/plugins", "plugins", "shell"),
@@ -216,6 +216,17 @@ def test_other_pages_and_login(page, ui_agent, screenshot):
     expect(page.locator("main")).to_contain_text("runs after its parent chain-parent succeeds")
     page.get_by_role("link", name="chain-parent").click()
     expect(page).to_have_url(re.compile(r"/ui/jobs/chain-parent$"))
+
+    # Times are shown in the browser's zone, with UTC on hover.
+    noon = {"name": "tz-noon", "schedule": "0 0 12 * * *", **base}
+    assert ui_agent.post("/v1/jobs", noon).status == 201
+    kolkata = browser.new_context(base_url=ui_agent.url, timezone_id="Asia/Kolkata")
+    tab = kolkata.new_page()
+    tab.goto("/ui/jobs/tz-noon")
+    mine = tab.locator("#next-runs tbody tr").first.locator("time")
+    expect(mine).to_contain_text("17:30:00")
+    expect(mine).to_have_attribute("title", re.compile(r"T12:00:00Z \(UTC\)$"))
+    kolkata.close()
 
     # An action the API refuses for lack of a token (as the API-token layer answers) shows the
     # message and the way to log in. The refusal is played by the browser's network layer here.
