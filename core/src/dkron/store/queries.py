@@ -180,9 +180,6 @@ class Reader:
             "disabled": row[4] or 0,
         }
 
-    def executors_in_use(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT DISTINCT executor FROM jobs ORDER BY executor")]
-
     # -- executions --------------------------------------------------------------------------
     def run_counts_since(self, since: str) -> dict[str, int]:
         """Executions started at or after ``since`` (RFC 3339 UTC), by status.

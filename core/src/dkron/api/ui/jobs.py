@@ -20,17 +20,6 @@ Page = tuple[str, int, dict[str, str]]
 PAGE_SIZES = (25, 50, 100)
 EXECUTIONS_PER_PAGE = 20
 PREVIEW_CHARS = 400  # output shown in the history table; the execution page has all of it
-SORT_COLUMNS = (
-    "name",
-    "displayname",
-    "schedule",
-    "status",
-    "next",
-    "last_success",
-    "last_error",
-    "success_count",
-    "error_count",
-)
 
 
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -88,7 +77,6 @@ def jobs_page() -> Page:
         "error": error,
         "statuses": JOB_STATUSES,
         "executors": node.plugins.executors.names(),
-        "sort_columns": SORT_COLUMNS,
         "url": lambda **changes: query_url("/ui/jobs", args, **changes),
         "sort_url": lambda col: query_url(
             "/ui/jobs", args, sort=col, order="desc" if filters["sort"] == col and filters["order"] == "asc" else "asc"
@@ -147,7 +135,6 @@ def job_page(job_name: str) -> Page:
         "total": total,
         "number": number,
         "pages": max(1, -(-total // EXECUTIONS_PER_PAGE)),
-        "preview_chars": PREVIEW_CHARS,
     }
     if is_fragment():
         return page("_executions.html", **context)
