@@ -42,6 +42,8 @@ def app_operations(app: Any) -> set[tuple[str, str]]:
     ops = set()
     for rule in app.url_map.iter_rules():
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        if path.startswith("/ui/") and path != "/ui/":
+            continue  # the web UI's other HTML pages and static files: tested in a browser (tests/ui)
         for method in rule.methods - IMPLICIT:
             ops.add((path, method.lower()))
     return ops
@@ -437,6 +439,15 @@ def test_real_answers_conform_to_the_document(tagged_agent, spec):
     assert call("get", "/v1/jobs/ghost/executions")[0] == 404
     assert call("get", f"/v1/jobs/parent/executions/{run['execution_id']}")[1]["status"] == "success"
     assert call("get", "/v1/jobs/parent/executions/nope")[0] == 404
+    stream = f"/v1/jobs/parent/executions/{run['execution_id']}/stream"
+    assert b"event: done" in call("get", stream)[1]
+    assert call("get", stream + "?max_seconds=0")[0] == 400
+    assert call("get", "/v1/jobs/ghost/executions/x/stream")[0] == 404
+    preview = call("get", "/v1/schedule/preview?schedule=0+30+9+*+*+*&timezone=Asia/Tokyo&n=3")[1]
+    assert len(preview["next"]) == 3 and preview["next"][0]["local"].endswith("T09:30:00+09:00")
+    assert call("get", "/v1/schedule/preview?schedule=nope")[1]["field"] == "schedule"
+    assert any(e["name"] == "shell" and e["config_schema"] for e in call("get", "/v1/executors")[1])
+    assert [j["name"] for j in call("get", "/v1/jobs?tag=role=x&executor=shell")[1]] == ["parent"]
 
     sleeper = {
         "name": "sleeper",

@@ -12,13 +12,14 @@ and replaces it with a placeholder), on the node where the job ran.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "CancelToken",
     "ConfigError",
+    "ConfigField",
     "ExecutionRequest",
     "ExecutionResult",
     "Executor",
@@ -40,6 +41,47 @@ class ConfigError(ValueError):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+#: The kinds of input a :class:`ConfigField` can ask for (how the web UI draws it).
+FIELD_KINDS = ("text", "textarea", "number", "bool", "select", "duration", "json", "password")
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One key of an executor's ``executor_config``, declared for forms (the web UI).
+
+    Optional: an executor without a schema is edited as raw JSON. Declaring one does not change
+    validation, which stays in ``validate``; values are still strings on the wire (``bool``
+    fields send ``"true"``/``"false"``).
+    """
+
+    name: str
+    label: str = ""
+    kind: str = "text"
+    required: bool = False
+    default: str = ""
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    placeholder: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in FIELD_KINDS:
+            raise RegistrationError(f"config field {self.name!r}: kind must be one of {', '.join(FIELD_KINDS)}")
+        if self.kind == "select" and not self.choices:
+            raise RegistrationError(f"config field {self.name!r}: a select needs choices")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label or self.name,
+            "kind": self.kind,
+            "required": self.required,
+            "default": self.default,
+            "help": self.help,
+            "choices": list(self.choices),
+            "placeholder": self.placeholder,
+        }
 
 
 class RegistrationError(ValueError):
@@ -177,13 +219,41 @@ class _Registry:
 
 
 class ExecutorRegistry(_Registry):
-    """Executors by name (``shell``, ``http``, ...)."""
+    """Executors by name (``shell``, ``http``, ...).
+
+    An executor may declare the fields of its config for forms, either as a ``config_schema``
+    attribute (a sequence of :class:`ConfigField`) or with ``add(name, item, config_schema=...)``.
+    """
 
     kind = "executor"
     protocol = Executor
 
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self._schemas: dict[str, tuple[ConfigField, ...]] = {}
+
+    def add(self, name: str, item: Any, config_schema: Sequence[ConfigField] | None = None) -> None:
+        super().add(name, item)
+        schema = config_schema if config_schema is not None else getattr(self._items[name], "config_schema", None)
+        if schema is not None:
+            fields = tuple(schema)
+            if not all(isinstance(f, ConfigField) for f in fields):
+                del self._items[name], self._owners[name]
+                raise RegistrationError(f"executor {name!r}: config_schema must be a sequence of ConfigField")
+            self._schemas[name] = fields
+
     def get(self, name: str) -> Executor | None:
         return self._items.get(name)
+
+    def schema(self, name: str) -> list[dict[str, Any]] | None:
+        """The declared config fields of ``name`` (None: not declared, edit the config as JSON)."""
+        fields = self._schemas.get(name)
+        return None if fields is None else [f.as_dict() for f in fields]
+
+    def remove_plugin(self, plugin: str) -> None:
+        super().remove_plugin(plugin)
+        for name in [n for n in self._schemas if n not in self._items]:
+            del self._schemas[name]
 
 
 class ProcessorRegistry(_Registry):

@@ -114,6 +114,8 @@ def list_jobs() -> Response:
         status=request.args.get("status", ""),
         disabled=_parse_bool("disabled"),
         metadata=metadata,
+        tag=request.args.get("tag", ""),
+        executor=request.args.get("executor", ""),
         sort=request.args.get("_sort", "id") or "id",
         order=_parse_order("ASC"),
         start=_parse_int("_start", 0) or 0,

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dkron import pluginkit
-from dkron.contracts import ConfigError
+from dkron.contracts import ConfigError, ConfigField
 
 __all__ = [
+    "CONFIG_SCHEMA",
     "DEFAULT_TIMEOUT",
     "KNOWN_KEYS",
     "HttpConfig",
@@ -44,6 +45,29 @@ KNOWN_KEYS = (
     "tlsRootCAsFile",
 )
 DEFAULT_TIMEOUT = 30.0
+
+#: The config's fields as forms show them (validation stays in ``validate_config``).
+CONFIG_SCHEMA = (
+    ConfigField(
+        "method",
+        "Method",
+        kind="select",
+        required=True,
+        default="GET",
+        choices=("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"),
+    ),
+    ConfigField("url", "URL", required=True, placeholder="https://example.com/hook"),
+    ConfigField("headers", "Headers", kind="textarea", help='JSON: ["Name: value", ...] or {"Name": "value"}'),
+    ConfigField("body", "Body", kind="textarea"),
+    ConfigField("timeout", "Timeout (seconds)", kind="number", placeholder="30"),
+    ConfigField("expectCode", "Expected status codes", help="e.g. 200 or 200,201,204", placeholder="200"),
+    ConfigField("expectBody", "Expected body (regular expression)"),
+    ConfigField("debug", "Debug output", kind="bool", default="false"),
+    ConfigField("tlsNoVerifyPeer", "Skip TLS verification", kind="bool", default="false"),
+    ConfigField("tlsCertificateFile", "Client certificate file"),
+    ConfigField("tlsCertificateKeyFile", "Client key file"),
+    ConfigField("tlsRootCAsFile", "Root CAs file"),
+)
 
 #: RFC 9110 token: what a method or a header name may be made of.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dkron.contracts import CancelToken, ConfigError, ExecutionRequest, ExecutionResult, OutputSink
-from dkron_executor_http.config import HttpConfig, parse_config, parse_url, validate_config
+from dkron_executor_http.config import CONFIG_SCHEMA, HttpConfig, parse_config, parse_url, validate_config
 from dkron_executor_http.transport import Cancelled, ConnectError, Guard, GuardedSocket, TimedOut, open_connection
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,9 @@ def _fail(message: str) -> ExecutionResult:
 
 class HttpExecutor:
     """Stateless, so one instance safely serves every execution on the agent concurrently."""
+
+    #: The config's fields, for forms such as the web UI's job editor.
+    config_schema = CONFIG_SCHEMA
 
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dkron import pluginkit
-from dkron.contracts import ConfigError
+from dkron.contracts import ConfigError, ConfigField
 
 __all__ = [
+    "CONFIG_SCHEMA",
     "KNOWN_KEYS",
     "ShellConfig",
     "parse_config",
@@ -30,6 +31,18 @@ __all__ = [
 ]
 
 KNOWN_KEYS = frozenset({"command", "shell", "env", "cwd", "timeout", "mem_limit", "payload", "success_codes"})
+
+#: The config's fields as forms show them (validation stays in ``validate_config``).
+CONFIG_SCHEMA = (
+    ConfigField("command", "Command", required=True, placeholder="/usr/local/bin/backup --all"),
+    ConfigField("shell", "Run through /bin/sh", kind="bool", default="false", help="pipes, globs and && need it"),
+    ConfigField("env", "Environment", kind="textarea", help="JSON object or K1=v1,K2=v2", placeholder='{"LANG": "C"}'),
+    ConfigField("cwd", "Working directory", placeholder="/srv/app"),
+    ConfigField("timeout", "Timeout", kind="duration", help="Go duration such as 30s or 1h30m", placeholder="1h"),
+    ConfigField("mem_limit", "Memory limit", help="e.g. 512MB", placeholder="512MB"),
+    ConfigField("payload", "Standard input (base64)", kind="textarea"),
+    ConfigField("success_codes", "Success exit codes", help="comma-separated, default 0", placeholder="0"),
+)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 

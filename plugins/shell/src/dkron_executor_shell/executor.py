@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 
 from dkron.contracts import CancelToken, ConfigError, ExecutionRequest, ExecutionResult, OutputSink
-from dkron_executor_shell.config import ShellConfig, parse_config, validate_config
+from dkron_executor_shell.config import CONFIG_SCHEMA, ShellConfig, parse_config, validate_config
 from dkron_executor_shell.runner import run
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ def child_environment(cfg: ShellConfig, request: ExecutionRequest) -> dict[str, 
 
 class ShellExecutor:
     """Stateless, so one instance safely serves every execution on the agent concurrently."""
+
+    #: The config's fields, for forms such as the web UI's job editor.
+    config_schema = CONFIG_SCHEMA
 
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)
