@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ import pytest
 from dkron.testing import AgentProcess
 
 REPO = Path(__file__).resolve().parents[2]
-# tests/ holds cluster_support (multi-node clusters); the other test folders import it the same way.
-sys.path.insert(0, str(REPO / "tests"))
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 
 

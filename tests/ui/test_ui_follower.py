@@ -10,15 +10,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from cluster_support import Cluster
 from playwright.sync_api import expect
+
+from dkron.localcluster import LocalCluster
 
 LONG_COMMAND = "for i in $(seq 1 300); do echo step-$i; sleep 0.2; done"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    with Cluster(tmp_path_factory.mktemp("ui-cluster"), agents={"a1": {"pool": "ui"}}) as c:
+    with LocalCluster(tmp_path_factory.mktemp("ui-cluster"), agents={"a1": {"pool": "ui"}}) as c:
         c.start(timeout=120)
         yield c
 
