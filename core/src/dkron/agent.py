@@ -243,6 +243,9 @@ class Agent:
         if command in JOB_COMMANDS:
             name = payload["job"]["name"] if command == "put_job" else payload["name"]
             self.scheduler.job_changed(name)
+        elif command == "restore_jobs":
+            for item in payload["jobs"]:
+                self.scheduler.job_changed(item["job"]["name"])
         elif command == "set_meta" and payload.get("key") == "scheduling_paused":
             self.scheduler.paused = bool(payload["value"])
         elif command == "remove_server":

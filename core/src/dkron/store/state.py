@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from dkron.store import restore
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -151,6 +153,7 @@ class StateMachine:
             "remove_server": self._remove_server,
             "set_epoch": self._set_epoch,
             "noop": lambda payload: None,
+            "restore_jobs": lambda payload: restore.apply_restore(self, payload),
         }
 
     # -- bookkeeping -------------------------------------------------------------------------
