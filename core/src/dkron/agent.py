@@ -28,6 +28,7 @@ from dkron.cluster.security import identity_for
 from dkron.config import split_addr
 from dkron.jobs import format_time
 from dkron.ledger import RunLedger
+from dkron.notify.notifier import Notifier, NotifyConfig
 from dkron.plugins import PluginHost, load_plugins
 from dkron.proto import agent_pb2_grpc, cluster_pb2_grpc
 from dkron.recorder import Recorder
@@ -153,6 +154,16 @@ class Agent:
         )
         self.scheduler.on_leadership = self._prepare_leadership
         self.state.listeners.append(self._on_applied)
+        # Notifications are sent by the leader, from apply listeners, off every scheduling path.
+        self.notifier = Notifier(
+            NotifyConfig.from_config(self.config),
+            self.state.path,
+            self.write,
+            node_name=self.node_name,
+            is_leader=lambda: self.is_leader,
+        )
+        self.state.listeners.append(self.notifier.on_applied)
+        self.notifier.start()
         # Before Raft starts: a paused cluster must not run catch-ups when it comes back.
         self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
         self.scheduler.start()
@@ -349,6 +360,7 @@ class Agent:
         self.runner.shutdown(self.config["shutdown-timeout"])
         if self.is_server:
             self.recorder.stop(timeout=10)
+            self.notifier.stop()
             self.scheduler.stop()
             if self.reaper is not None:
                 self.reaper.stop()

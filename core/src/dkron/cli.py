@@ -43,11 +43,14 @@ class _JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, as_json: bool) -> None:
+    from dkron.logcontext import RunContextFilter
+
     handler = logging.StreamHandler()
+    handler.addFilter(RunContextFilter())  # job and run id on every line logged about a run
     if as_json:
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(run_suffix)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel({"warn": "WARNING"}.get(level.lower(), level.upper()))
