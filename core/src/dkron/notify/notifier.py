@@ -178,10 +178,13 @@ class Notifier:
             return
         for ex in payload.get("executions", ()):
             status = ex.get("status")
+            event = (ex["job_name"], ex.get("run_id") or ex["id"], int(ex.get("attempt") or 1))
+            # The recorder merges a short run's "running" and final records into one: the first
+            # record of a run that ran (whatever its status) is its start.
+            if self.config.pre_endpoint and status in ("running", "success", "failed"):
+                self._offer(("pre", *event))
             if status in POST_STATUSES:
-                self._offer(("post", ex["job_name"], ex.get("run_id") or ex["id"], int(ex.get("attempt") or 1)))
-            elif status == "running" and self.config.pre_endpoint:
-                self._offer(("pre", ex["job_name"], ex.get("run_id") or ex["id"], int(ex.get("attempt") or 1)))
+                self._offer(("post", *event))
 
     def _offer(self, event: tuple[str, str, str, int]) -> None:
         try:
@@ -306,9 +309,7 @@ class Notifier:
         job = self.reader.get_job(job_name, with_children=False)
         if job is None:
             return
-        executions = [ex for ex in self._run_executions(job_name, run_id, 1) if ex["status"] == "running"] or [
-            {"run_id": run_id, "job_name": job_name}
-        ]
+        executions = self._run_executions(job_name, run_id, 1) or [{"run_id": run_id, "job_name": job_name}]
         values = templates.variables(job, executions, reporting_node=self.node_name, finished=False)
         body = (
             templates.render(self.config.pre_payload, values)
