@@ -28,6 +28,7 @@ from dkron.cluster.security import identity_for
 from dkron.config import split_addr
 from dkron.jobs import format_time
 from dkron.ledger import RunLedger
+from dkron.metrics import Metrics
 from dkron.notify.notifier import Notifier, NotifyConfig
 from dkron.plugins import PluginHost, load_plugins
 from dkron.proto import agent_pb2_grpc, cluster_pb2_grpc
@@ -163,6 +164,8 @@ class Agent:
             is_leader=lambda: self.is_leader,
         )
         self.state.listeners.append(self.notifier.on_applied)
+        self.metrics = Metrics(self, is_leader=lambda: self.is_leader)
+        self.state.listeners.append(self.metrics.on_applied)
         self.notifier.start()
         # Before Raft starts: a paused cluster must not run catch-ups when it comes back.
         self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
