@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
+from dkron.jobs import format_time, parse_time
 from dkron.testing import AgentProcess, free_port
+
+TIME_FIELDS = ("last_success", "last_error", "starts_at", "expires_at")
 
 
 def dkron(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 60):
@@ -227,3 +230,115 @@ def test_usage_errors_exit_2():
 
 # `dkron jobs next NAME` needs GET /v1/jobs/<name>/next, which another change adds; its test is left
 # to whoever merges both (the command itself is in place and prints {"next": [{"utc", "local"}]}).
+
+
+#: A backup exactly as Dkron's ``GET /v1/jobs`` writes it (nulls, its zero time, counters, a chain).
+DKRON_BACKUP = [
+    {
+        "id": "dk-child",
+        "name": "dk-child",
+        "displayname": "",
+        "timezone": "",
+        "schedule": "",
+        "owner": "",
+        "owner_email": "",
+        "success_count": 4,
+        "error_count": 1,
+        "last_success": "2024-05-01T10:00:05.123456789Z",
+        "last_error": "2024-04-30T10:00:05Z",
+        "disabled": False,
+        "tags": None,
+        "metadata": None,
+        "retries": 0,
+        "parent_job": "dk-parent",
+        "dependent_jobs": None,
+        "processors": None,
+        "concurrency": "",
+        "executor": "shell",
+        "executor_config": {"command": "echo child"},
+        "status": "success",
+        "next": "0001-01-01T00:00:00Z",
+        "ephemeral": False,
+        "starts_at": None,
+        "expires_at": None,
+    },
+    {
+        "id": "dk-parent",
+        "name": "dk-parent",
+        "displayname": "Parent job",
+        "timezone": "Europe/Berlin",
+        "schedule": "0 30 2 * * *",
+        "owner": "platform",
+        "owner_email": "platform@example.com",
+        "success_count": 10,
+        "error_count": 2,
+        "last_success": "2024-05-01T10:00:00Z",
+        "last_error": "2024-04-30T10:00:00Z",
+        "disabled": True,
+        "tags": {"role": "web:1"},
+        "metadata": {"team": "platform"},
+        "retries": 2,
+        "parent_job": "",
+        "dependent_jobs": ["dk-child"],
+        "processors": {"log": {"forward": "true"}},
+        "concurrency": "forbid",
+        "executor": "shell",
+        "executor_config": {"command": "echo parent", "shell": "true", "timeout": "30s"},
+        "status": "failed",
+        "next": "2024-05-02T00:30:00Z",
+        "ephemeral": False,
+        "starts_at": "2024-01-01T00:00:00Z",
+        "expires_at": "2030-01-01T00:00:00Z",
+    },
+]
+
+
+def test_import_a_dkron_backup_round_trips_every_field(agent_factory, tmp_path):
+    target = agent_factory().start()
+    path = tmp_path / "dkron-backup.json"
+    path.write_text(json.dumps(DKRON_BACKUP))
+    result = jobs(target, "import", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    # Parents are written before their children, whatever the order in the file.
+    assert json.loads(result.stdout) == {
+        "restored": 2,
+        "jobs": [{"name": "dk-parent", "result": "created"}, {"name": "dk-child", "result": "created"}],
+    }
+    stored = {j["name"]: j for j in target.get("/v1/jobs").json()}
+    # Dkron's nulls are our empty values, its "" concurrency is "allow", times are normalised to ms.
+    same_as_dkron = {
+        "tags": lambda v: v or {},
+        "metadata": lambda v: v or {},
+        "processors": lambda v: v or {},
+        "concurrency": lambda v: v or "allow",
+        **{key: lambda v: format_time(parse_time(v)) if v else v for key in TIME_FIELDS},
+    }
+    for original in DKRON_BACKUP:
+        got = stored[original["name"]]
+        for key, value in original.items():
+            if key == "next":
+                continue  # computed by the server from the schedule (a disabled job or a child has none)
+            expected = same_as_dkron.get(key, lambda v: v)(value)
+            assert got[key] == expected, (original["name"], key, got[key], expected)
+    assert stored["dk-parent"]["next"] is None and stored["dk-child"]["next"] is None
+    exported = json.loads(jobs(target, "export").stdout)
+    again = agent_factory().start()
+    assert jobs(again, "import", "-", stdin=json.dumps(exported)).returncode == 0
+    copy = {j["name"]: j for j in again.get("/v1/jobs").json()}
+    for job in exported:  # our own export round-trips exactly (but for server timestamps)
+        assert {k: v for k, v in copy[job["name"]].items() if k not in ("created_at", "updated_at")} == {
+            k: v for k, v in job.items() if k not in ("created_at", "updated_at")
+        }
+
+
+def test_import_is_all_or_nothing(agent_factory, tmp_path):
+    target = agent_factory().start()
+    broken = [*DKRON_BACKUP, {**DKRON_BACKUP[0], "name": "dk-bad", "id": "dk-bad", "schedule": "every tuesday"}]
+    broken[-1]["parent_job"] = ""
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    result = jobs(target, "import", str(path))
+    assert result.returncode == 1
+    assert "job #2" in result.stderr and "schedule" in result.stderr
+    no_traceback(result)
+    assert target.get("/v1/jobs").json() == []  # not even the valid parent and child

@@ -264,3 +264,30 @@ def test_bad_notification_options_are_refused_at_start(agent_factory, tmp_path):
             agent.start(wait=10)
         assert message in str(err.value)
         assert "Traceback" not in str(err.value)
+
+
+def test_email_over_smtps_with_a_mail_payload_template(agent_factory, tls_files):
+    # (aiosmtpd offers AUTH only after STARTTLS, not on SMTPS: AUTH is tested over STARTTLS above.)
+    smtps = start_smtp(tls_files, tls="tls")
+    try:
+        agent = agent_factory(
+            extra_args=(
+                "--mail-host=localhost",
+                f"--mail-port={smtps.port}",
+                "--mail-tls=tls",
+                f"--mail-ca-file={tls_files.ca_file}",
+                "--mail-subject-prefix=[cron] ",
+                "--mail-payload={{ JobName }} ended {{ Status }} with exit output: {{ Output | trim }}",
+            ),
+        ).start()
+        job = shell_job("smtps-job", "echo boom; exit 4", owner_email="a@example.test, b@example.test")
+        assert agent.post("/v1/jobs", job).status == 201
+        assert run_and_wait(agent, "smtps-job")["status"] == "failed"
+        [mail] = smtps.wait_for_messages(1)
+        assert mail.tls
+        assert sorted(mail.rcpt_tos) == ["a@example.test", "b@example.test"]
+        assert mail.message["Subject"] == "[cron] Failed smtps-job execution report"
+        assert mail.message.get_content().startswith("smtps-job ended failed with exit output:")
+        assert "boom" in mail.message.get_content()
+    finally:
+        smtps.stop()
