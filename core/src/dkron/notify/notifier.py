@@ -265,7 +265,8 @@ class Notifier:
         if (
             not executions
             or any(ex["status"] not in FINAL_STATUSES for ex in executions)
-            or len(executions) < self._expected_nodes(run_id)
+            # The launch names the first attempt's nodes; a retry attempt is complete when its records are.
+            or (attempt == 1 and len(executions) < self._expected_nodes(run_id))
         ):
             return  # another node's record is still to come: the last one triggers the notification
         if is_notified(self.reader.db, key):
