@@ -128,6 +128,7 @@ class Notifier:
         node_name: str,
         is_leader: Callable[[], bool],
         queue_size: int = 1000,
+        max_pending: int = 256,
         senders: int = 4,
     ) -> None:
         self.config = config
@@ -149,7 +150,9 @@ class Notifier:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._senders = senders
-        self.max_pending = queue_size
+        # Runs with deliveries in flight (or waiting for a retry). Each holds its rendered messages
+        # (output up to 256 KB), so this bounds memory when an endpoint is down for long.
+        self.max_pending = max_pending
         #: (channel, outcome) -> count; outcome is sent | failed | dropped. Read by /metrics.
         self.counts: dict[tuple[str, str], int] = {}
         self._last_drop_log = 0.0
