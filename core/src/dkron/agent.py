@@ -359,6 +359,7 @@ class Agent:
         log.info("stopping: waiting up to %.0fs for running executions", self.config["shutdown-timeout"])
         if self.is_server:
             self.scheduler.retire()  # a re-election while stopping must not resume scheduling
+            self.notifier.flush()  # so the next leader does not send them again
             self._hand_over_leadership()
         self.runner.shutdown(self.config["shutdown-timeout"])
         if self.is_server:

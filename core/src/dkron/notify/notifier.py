@@ -415,14 +415,19 @@ class Notifier:
             if job is not None:
                 self._marks.append({"key": key, "job": job})
 
-    def _flush_marks(self) -> None:
+    def flush(self) -> None:
+        """Commit the pending "notified" marks now (a leader about to step down)."""
+        self._flush_marks(timeout=2)
+
+    def _flush_marks(self, timeout: float = 5) -> None:
         with self._lock:
             marks, self._marks = self._marks, []
         if not marks or not self.is_leader():
             return
         now_ms = int(time.time() * 1000)
         try:
-            self.write("notified", {"runs": marks, "now_ms": now_ms, "prune_before_ms": now_ms - 86_400_000}, timeout=5)
+            payload = {"runs": marks, "now_ms": now_ms, "prune_before_ms": now_ms - 86_400_000}
+            self.write("notified", payload, timeout=timeout)
         except Exception as exc:  # not leading any more, or no quorum: the next leader may re-send once
             log.warning("could not record %d sent notification(s): %s", len(marks), exc)
 
