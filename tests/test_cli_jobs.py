@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -216,10 +218,38 @@ def test_connection_refused_is_a_clear_message():
 
 
 def test_address_and_token_come_from_the_environment(agent, tmp_path):
-    # A token is sent as a bearer header; a server without tokens ignores it.
+    # A server without tokens ignores the header.
     result = dkron("jobs", "list", "--json", env={"DKRON_ADDRESS": agent.url, "DKRON_TOKEN": "secret"})
     assert result.returncode == 0, result.stderr
     assert isinstance(json.loads(result.stdout), list)
+
+
+def test_the_token_is_sent_as_a_bearer_header():
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        assert dkron("jobs", "list", "--address", address, "--token", "flag-token").returncode == 0
+        assert dkron("jobs", "list", env={"DKRON_ADDRESS": address, "DKRON_TOKEN": "env-token"}).returncode == 0
+        assert dkron("jobs", "list", "--address", address).returncode == 0
+        assert seen == ["Bearer flag-token", "Bearer env-token", None]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_usage_errors_exit_2():
