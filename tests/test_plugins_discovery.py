@@ -172,6 +172,10 @@ def test_an_agent_with_broken_plugins_installed_starts_reports_them_and_runs_she
             assert refused.status == 400, refused
             assert name in refused.json()["error"]
         assert "broken" in agent.log() and "missing libfoo" in agent.log()  # logged at start
+        metrics = agent.get("/metrics").body.decode()
+        for name in ("broken", "raising", "twice", "typo"):
+            assert f'dkron_plugin_errors{{plugin="{name}"}} 1.0' in metrics
+        assert 'plugin="shell"' not in metrics and 'plugin="nop"' not in metrics
     finally:
         assert agent.stop() == 0
 

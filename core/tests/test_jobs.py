@@ -59,6 +59,7 @@ def test_a_minimal_job_gets_every_default():
         "processors": {},
         "concurrency": "allow",
         "catchup": "latest",
+        "notify_on": "always",
         "executor": "shell",
         "executor_config": {"command": "date"},
         "ephemeral": False,

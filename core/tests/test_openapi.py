@@ -466,6 +466,8 @@ def test_real_answers_conform_to_the_document(tagged_agent, spec):
     assert call("post", f"/v1/jobs/sleeper/executions/{exec_id}/kill")[0] == 202
     assert call("post", f"/v1/jobs/sleeper/executions/{exec_id}/kill")[0] in (202, 404)
     assert call("post", "/v1/jobs/sleeper/executions/nope/kill")[0] == 404
+    status, metrics, _ = call("get", "/metrics")
+    assert status == 200 and b'dkron_job_runs_started_total{job="sleeper"} 1.0' in metrics
     tagged_agent.wait_for(
         lambda: tagged_agent.get(f"/v1/jobs/sleeper/executions/{exec_id}").json()["status"] == "failed", timeout=5
     )

@@ -28,6 +28,8 @@ from dkron.cluster.security import identity_for
 from dkron.config import split_addr
 from dkron.jobs import format_time
 from dkron.ledger import RunLedger
+from dkron.metrics import Metrics
+from dkron.notify.notifier import Notifier, NotifyConfig
 from dkron.plugins import PluginHost, load_plugins
 from dkron.proto import agent_pb2_grpc, cluster_pb2_grpc
 from dkron.recorder import Recorder
@@ -164,6 +166,18 @@ class Agent:
         )
         self.scheduler.on_leadership = self._prepare_leadership
         self.state.listeners.append(self._on_applied)
+        # Notifications are sent by the leader, from apply listeners, off every scheduling path.
+        self.notifier = Notifier(
+            NotifyConfig.from_config(self.config),
+            self.state.path,
+            self.write,
+            node_name=self.node_name,
+            is_leader=lambda: self.is_leader,
+        )
+        self.state.listeners.append(self.notifier.on_applied)
+        self.metrics = Metrics(self, is_leader=lambda: self.is_leader)
+        self.state.listeners.append(self.metrics.on_applied)
+        self.notifier.start()
         # Before Raft starts: a paused cluster must not run catch-ups when it comes back.
         self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
         self.scheduler.start()
@@ -256,6 +270,9 @@ class Agent:
         if command in JOB_COMMANDS:
             name = payload["job"]["name"] if command == "put_job" else payload["name"]
             self.scheduler.job_changed(name)
+        elif command == "restore_jobs":
+            for item in payload["jobs"]:
+                self.scheduler.job_changed(item["job"]["name"])
         elif command == "set_meta" and payload.get("key") == "scheduling_paused":
             self.scheduler.paused = bool(payload["value"])
         elif command == "snapshot_installed":  # a peer's state copy replaced our rows
@@ -357,6 +374,7 @@ class Agent:
         log.info("stopping: waiting up to %.0fs for running executions", self.config["shutdown-timeout"])
         if self.is_server:
             self.scheduler.retire()  # a re-election while stopping must not resume scheduling
+            self.notifier.flush()  # so the next leader does not send them again
             self._hand_over_leadership()
         self.runner.shutdown(self.config["shutdown-timeout"])
         if self.is_server:
@@ -364,6 +382,7 @@ class Agent:
             # are still held by their agents and sent to the next leader).
             quorum = self.raft is not None and self.raft.leader_addr() is not None
             self.recorder.stop(timeout=10 if quorum else 2)
+            self.notifier.stop()
             self.scheduler.stop()
             if self.reaper is not None:
                 self.reaper.stop()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dkron import __version__, cli_cluster
+from dkron import __version__, cli_cluster, cli_jobs
 from dkron.config import OPTIONS, ConfigError, env_name, resolve
 
 log = logging.getLogger("dkron")
@@ -43,11 +43,14 @@ class _JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, as_json: bool) -> None:
+    from dkron.logcontext import RunContextFilter
+
     handler = logging.StreamHandler()
+    handler.addFilter(RunContextFilter())  # job and run id on every line logged about a run
     if as_json:
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(run_suffix)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel({"warn": "WARNING"}.get(level.lower(), level.upper()))
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list installed plugins as JSON")
     plugins.add_argument("--all", action="store_true", help="(kept for compatibility; every plugin is listed)")
     cli_cluster.add_parsers(sub)
+    cli_jobs.add_parsers(sub)
     return parser
 
 
@@ -154,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_plugins()
     if args.command in ("leave", "raft"):
         return cli_cluster.run(args)
+    if args.command == "jobs":
+        return cli_jobs.run(args)
     parser.print_help(sys.stderr)
     return 2
 

@@ -75,6 +75,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("insecure-bind", "bool", False, "allow binding Raft/gRPC beyond loopback without --encrypt"),
     Option("log-level", "str", "info", "debug, info, warn or error"),
     Option("log-json", "bool", False, "write logs as JSON lines"),
+    Option("log-format", "str", "text", "text or json (json = log-json: one JSON object per line)"),
     Option("ui", "bool", True, "serve the web UI"),
     Option("max-output-bytes", "int", 256_000, "output kept per execution (the tail)"),
     Option("retention-count", "int", 100, "executions kept per job"),
@@ -97,6 +98,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("mail-tls", "str", "starttls", "SMTP transport security: starttls, tls (SMTPS) or none"),
     Option("mail-timeout", "duration", 10.0, "SMTP connect and I/O timeout"),
     Option("mail-ca-file", "str", "", "PEM CA bundle to verify the SMTP server with (default: system CAs)"),
+    # Notifications (Dkron's keys): e-mail to a job's owner_email, webhooks before and after each run.
+    Option("mail-payload", "str", "", "Jinja2 template of notification e-mail bodies (empty = Dkron's report)"),
+    Option("pre-webhook-endpoint", "str", "", "URL POSTed when a run starts (empty = none)"),
+    Option("pre-webhook-payload", "str", "", "Jinja2 template of the pre-run webhook body (empty = JSON)"),
+    Option("pre-webhook-headers", "list", [], "'Name: value' header of the pre-run webhook (repeatable)"),
+    Option("webhook-endpoint", "str", "", "URL POSTed when a run ends (empty = none)"),
+    Option("webhook-payload", "str", "", "Jinja2 template of the post-run webhook body (empty = JSON)"),
+    Option("webhook-headers", "list", [], "'Name: value' header of the post-run webhook (repeatable)"),
+    Option("notification-timeout", "duration", 10.0, "timeout of each notification attempt (SMTP, webhook)"),
+    Option("notification-retries", "int", 3, "extra attempts of a failed notification (exponential backoff)"),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
@@ -240,6 +251,19 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"mail-tls: must be one of starttls, tls, none (got {config['mail-tls']!r})")
     if config["mail-timeout"] <= 0:
         raise ConfigError("mail-timeout: must be > 0")
+    config["log-format"] = config["log-format"].strip().lower()
+    if config["log-format"] not in ("text", "json"):
+        raise ConfigError(f"log-format: must be text or json (got {config['log-format']!r})")
+    if config["log-format"] == "json":
+        config["log-json"] = True
+    if config["notification-retries"] < 0 or config["notification-timeout"] <= 0:
+        raise ConfigError("notification-retries must be >= 0 and notification-timeout > 0")
+    from dkron.notify.notifier import NotifyConfig  # checks endpoints, headers and templates
+
+    try:
+        NotifyConfig.from_config(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     split_addr(config["http-addr"], "http-addr")
     if config["encrypt"]:
         from dkron.cluster.security import ClusterKeyError, decode_key

@@ -46,6 +46,8 @@ COMPUTED_FIELDS = frozenset(
 CONCURRENCY_POLICIES = ("allow", "forbid")
 #: What runs when scheduling resumes after ticks were missed (leader change, full outage).
 CATCHUP_POLICIES = ("latest", "none", "all")
+#: When post-run notifications are sent: every run, failed runs, or when the outcome changes.
+NOTIFY_POLICIES = ("always", "failure", "change")
 MAX_NAME_LENGTH = 200
 MAX_RETRIES = 100
 _TEXT_LIMITS = {"displayname": 500, "owner": 500, "owner_email": 500}
@@ -252,6 +254,7 @@ KNOWN_FIELDS = (
             "ephemeral",
             "starts_at",
             "expires_at",
+            "notify_on",
         }
     )
     | COMPUTED_FIELDS
@@ -309,6 +312,7 @@ def validate_job(payload: Any, *, executors: ExecutorRegistry, processors: Proce
         "processors": _processors(payload, processors),
         "concurrency": concurrency,
         "catchup": _choice(payload, "catchup", CATCHUP_POLICIES),
+        "notify_on": _choice(payload, "notify_on", NOTIFY_POLICIES),
         "executor": executor,
         "executor_config": _executor_config(payload, executor, executors),
         "ephemeral": _bool(payload, "ephemeral"),

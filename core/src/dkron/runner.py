@@ -28,6 +28,7 @@ from dkron.contracts import (
 )
 from dkron.jobs import format_time
 from dkron.ledger import RunLedger
+from dkron.logcontext import run_context
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,10 @@ class Runner:
         }
 
     def _run(self, running: Running) -> None:
+        with run_context(running.spec.job["name"], running.spec.run_id):  # job and run id on its log lines
+            self._run_in_context(running)
+
+    def _run_in_context(self, running: Running) -> None:
         spec = running.spec
         job = spec.job
         try:

@@ -27,6 +27,7 @@ def test_defaults() -> None:
         "mail-tls": "starttls",
         "mail-timeout": 10.0,
         "mail-ca-file": "",
+        "mail-payload": "",  # used by owner_email notifications (core), not by the processor
     }
     settings = SmtpSettings.from_settings(config)
     assert (settings.host, settings.effective_port, settings.tls, settings.timeout) == ("", 587, "starttls", 10.0)

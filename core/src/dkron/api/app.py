@@ -37,13 +37,13 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def create_app(node: Agent) -> Flask:
-    from dkron.api import executions, jobs, preview, stream, system, ui
+    from dkron.api import executions, jobs, metrics, preview, stream, system, ui
 
     app = Flask(__name__, static_folder=None)
     app.config["DKRON_AGENT"] = node
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    for blueprint in (system.bp, jobs.bp, executions.bp, preview.bp, stream.bp, ui.bp):
+    for blueprint in (system.bp, jobs.bp, executions.bp, preview.bp, stream.bp, ui.bp, metrics.bp):
         app.register_blueprint(blueprint)
 
     @app.after_request

@@ -238,6 +238,7 @@ def restore() -> Response:
     if not isinstance(payload, list):
         raise ApiError("a backup is a JSON array of jobs, as returned by GET /v1/jobs")
     jobs: dict[str, dict[str, Any]] = {}
+    by_name: dict[str, dict[str, Any]] = {}
     for index, item in enumerate(payload):
         try:
             job = validate_job(item, executors=node.plugins.executors, processors=node.plugins.processors)
@@ -246,6 +247,7 @@ def restore() -> Response:
         if job["name"] in jobs:
             raise ApiError(f"job #{index}: {job['name']!r} appears twice in the backup")
         jobs[job["name"]] = job
+        by_name[job["name"]] = item
     for job in jobs.values():
         parent = job["parent_job"]
         if parent and parent not in jobs and node.reader.get_job(parent) is None:
@@ -267,12 +269,30 @@ def restore() -> Response:
     for name in jobs:
         place(name)
     now = datetime.now(UTC)
-    report = []
-    for name in order:
-        job = jobs[name]
-        committed(
-            "put_job",
-            {"job": job, "now": format_time(now), "next": next_run(job, now), "reset_schedule": True},
-        )
-        report.append({"name": name, "result": "restored"})
-    return json_response({"restored": len(report), "jobs": report})
+    # One command for the whole backup: the state machine applies it in one transaction, so a
+    # refusal of any job (or a failed commit) leaves nothing of it stored.
+    entries = [
+        {"job": jobs[name], "next": next_run(jobs[name], now), "counters": _backup_counters(by_name[name])}
+        for name in order
+    ]
+    result = committed("restore_jobs", {"jobs": entries, "now": format_time(now)})
+    return json_response({"restored": len(entries), "jobs": result["jobs"]})
+
+
+def _backup_counters(item: dict[str, Any]) -> dict[str, Any]:
+    """The history a Dkron backup carries (counters, last_* times, status), checked, for a max-merge."""
+    counters: dict[str, Any] = {}
+    for key in ("success_count", "error_count", "skipped_count", "missed_count"):
+        value = item.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_QUERY_INT:
+            counters[key] = value
+    for key in ("last_success", "last_error"):
+        value = item.get(key)
+        if isinstance(value, str) and value and not value.startswith("0001-"):
+            try:
+                counters[key] = format_time(parse_time(value))
+            except ValueError:
+                raise ApiError(f"job {item.get('name')!r}: {key} is not a time: {value[:40]!r}", field=key) from None
+    if item.get("status") in ("success", "failed"):
+        counters["status"] = item["status"]
+    return counters

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from dkron.store import notified, restore
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -136,6 +138,7 @@ class StateMachine:
         self.path = path
         self.db = connect(path)
         self.db.executescript(SCHEMA)
+        self.db.executescript(notified.SCHEMA)
         self._lock = threading.Lock()
         self.listeners: list[Callable[[str, dict[str, Any], Any], None]] = []
         self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -151,6 +154,8 @@ class StateMachine:
             "remove_server": self._remove_server,
             "set_epoch": self._set_epoch,
             "noop": lambda payload: None,
+            "restore_jobs": lambda payload: restore.apply_restore(self, payload),
+            "notified": lambda payload: notified.apply_notified(self.db, payload),
         }
 
     # -- bookkeeping -------------------------------------------------------------------------
