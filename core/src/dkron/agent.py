@@ -150,6 +150,7 @@ class Agent:
             node_name=self.node_name,
             catchup_window=self.config["catchup-window"],
             placement=self.placement,
+            retry_backoff=(self.config["retry-backoff-base"], self.config["retry-backoff-max"]),
         )
         self.scheduler.on_leadership = self._prepare_leadership
         self.state.listeners.append(self._on_applied)
@@ -243,8 +244,13 @@ class Agent:
         if command in JOB_COMMANDS:
             name = payload["job"]["name"] if command == "put_job" else payload["name"]
             self.scheduler.job_changed(name)
+        elif command == "record" and isinstance(result, dict) and (result.get("followups") or result.get("deleted")):
+            for name in result.get("deleted") or ():
+                self.scheduler.job_changed(name)  # ephemeral job deleted after its successful run
+            self.scheduler.followups_changed()
         elif command == "set_meta" and payload.get("key") == "scheduling_paused":
             self.scheduler.paused = bool(payload["value"])
+            self.scheduler.followups_changed()
         elif command == "remove_server":
             self.cluster.forget_server(payload["name"])
 
@@ -260,17 +266,17 @@ class Agent:
     def is_leader(self) -> bool:
         return bool(self.raft and self.raft.is_leader)
 
-    def run_now(self, job: dict[str, Any]) -> dict[str, Any]:
+    def run_now(self, job: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
         """A manual run: started by the leader, forwarded there from a follower."""
         if self.is_leader:
-            return self.scheduler.run_now(job)
-        return self.cluster.forward("run_job", {"name": job["name"]})
+            return self.scheduler.run_now(job, force=force)
+        return self.cluster.forward("run_job", {"name": job["name"], "force": force})
 
     def _forwarded_run(self, payload: dict[str, Any]) -> dict[str, Any]:
         job = self.reader.get_job(payload["name"])
         if job is None:
             raise LookupError(f"job not found: {payload['name']}")
-        return self.scheduler.run_now(job)
+        return self.scheduler.run_now(job, force=bool(payload.get("force")))
 
     def _active_here(self) -> list[dict[str, Any]]:
         # Never forwards (a follower asked by another follower must not ask back).
