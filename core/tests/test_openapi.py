@@ -421,6 +421,10 @@ def test_real_answers_conform_to_the_document(tagged_agent, spec):
     assert call("get", "/v1/jobs?_sort=nope")[0] == 400
     assert call("get", "/v1/jobs/parent")[0] == 200
     assert call("get", "/v1/jobs/ghost")[0] == 404
+    assert len(call("get", "/v1/jobs/parent/next?n=3")[1]["next"]) == 3
+    assert call("get", "/v1/jobs/child/next")[1]["next"] == []
+    assert call("get", "/v1/jobs/parent/next?n=0")[0] == 400
+    assert call("get", "/v1/jobs/ghost/next")[0] == 404
 
     status, run, _ = call("post", "/v1/jobs/parent/run")
     assert status == 202
