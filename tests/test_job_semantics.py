@@ -266,3 +266,13 @@ def test_executions_are_paged_server_side_with_output_size_limit(agent):
     page = agent.get("/v1/jobs/chatty/executions?_start=1&_end=2&output_size_limit=4")
     assert page.headers["X-Total-Count"] == "3" and len(page.json()) == 1, page
     assert page.json()[0]["output"] == "000\n" and page.json()[0]["output_truncated"] is True, page.json()
+
+
+def test_a_pending_retry_dies_with_its_job(agent, tmp_path):
+    create(agent, shell("doomed", "exit 1", retries=1, retry_backoff="2s"))
+    assert agent.post("/v1/jobs/doomed/run").status == 202
+    agent.wait_for(lambda: [e for e in executions(agent, "doomed") if e["status"] == "failed"])
+    assert agent.request("DELETE", "/v1/jobs/doomed").status == 200
+    create(agent, shell("doomed", f"touch {tmp_path / 'ran'}"))  # same name, a new job
+    time.sleep(3)
+    assert executions(agent, "doomed") == [] and not (tmp_path / "ran").exists()

@@ -486,8 +486,8 @@ class Scheduler(FollowupPlanning):
         current = self._jobs.get(name)
         if spec.kind in FOLLOWUP_KINDS:
             job = self.reader.get_job(name, with_children=False)  # children are never in the plan
-            if job is None:
-                return
+            if job is None or not followups.exists(self.reader.db, spec.run_id, spec.attempt):
+                return  # the job was deleted since (perhaps re-created under the same name)
             if job.get("disabled"):
                 self.record(self._skipped(spec, f"skipped: the job is disabled (this was a {spec.kind} run)"))
                 return

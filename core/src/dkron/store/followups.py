@@ -281,6 +281,10 @@ def claimed_unstarted(db: sqlite3.Connection) -> list[dict[str, Any]]:
     return [_row(r) for r in rows]
 
 
+def exists(db: sqlite3.Connection, run_id: str, attempt: int) -> bool:
+    return db.execute("SELECT 1 FROM followups WHERE id=?", (followup_id(run_id, attempt),)).fetchone() is not None
+
+
 def started(db: sqlite3.Connection, run_id: str, attempt: int) -> bool:
     row = db.execute("SELECT started FROM followups WHERE id=?", (followup_id(run_id, attempt),)).fetchone()
     return bool(row and row[0])

@@ -258,6 +258,7 @@ class StateMachine:
             ("job_metadata", "job"),
             ("executions", "job"),
             ("launches", "job"),
+            ("followups", "job"),  # a pending retry must not run for a new job of the same name
         ):
             self.db.execute(f"DELETE FROM {table} WHERE {column}=?", (name,))
         return {"deleted": name}
