@@ -276,3 +276,24 @@ def test_a_pending_retry_dies_with_its_job(agent, tmp_path):
     create(agent, shell("doomed", f"touch {tmp_path / 'ran'}"))  # same name, a new job
     time.sleep(3)
     assert executions(agent, "doomed") == [] and not (tmp_path / "ran").exists()
+
+
+def test_busy_takes_output_size_limit_too(agent):
+    create(agent, shell("busy-chatty", "seq 1 100; sleep 30"))
+    started = agent.post("/v1/jobs/busy-chatty/run").json()
+    agent.wait_for(lambda: any("100" in e["output"] for e in running(agent, "busy-chatty")))
+    limited = [e for e in agent.get("/v1/busy?output_size_limit=4").json() if e["job_name"] == "busy-chatty"]
+    assert limited[0]["output"] == "100\n" and limited[0]["output_truncated"] is True, limited
+    assert agent.get("/v1/busy?output_size_limit=x").status == 400
+    agent.post(f"/v1/jobs/busy-chatty/executions/{started['execution_id']}/kill")
+    agent.wait_for(lambda: not running(agent, "busy-chatty"))
+
+
+def test_retention_by_age(agent_factory, tmp_path):
+    short = agent_factory(tmp_path / "aged", extra_args=("--retention-age", "2s")).start()
+    create(short, shell("aging", "true", schedule="@every 1s"))
+    short.wait_for(lambda: short.get("/v1/jobs/aging").json()["success_count"] >= 5, timeout=15)
+    rows = executions(short, "aging")
+    newest = max(ts(e["started_at"]) for e in rows)
+    assert all(newest - ts(e["started_at"]) <= 3.5 for e in rows), [e["started_at"] for e in rows]
+    assert len(rows) <= 4, rows

@@ -48,10 +48,6 @@ class RunRefused(Exception):
     status = 409  # also what a follower answers when the leader refuses a forwarded run
 
 
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
@@ -537,7 +533,9 @@ class Scheduler(FollowupPlanning):
         victims.update({e["id"]: e for e in self.placement.active() if e["job_name"] == name})
         runs = {(e["run_id"], e.get("attempt") or 1) for e in victims.values() if e.get("run_id")}
         try:  # a run killed on purpose is not retried (the state machine reads this mark)
-            self.write("mark_runs", {"runs": [{"run_id": r, "attempt": a} for r, a in runs], "now_ms": self._now_ms()})
+            if runs:
+                marks = [{"run_id": r, "attempt": a} for r, a in sorted(runs)]
+                self.write("mark_runs", {"runs": marks, "now_ms": self._now_ms()})
         except StoreUnavailable as exc:
             log.warning("could not mark the replaced runs of %s: %s", name, exc)
         reason = f"replaced by run {spec.run_id} (concurrency: replace)"
