@@ -297,3 +297,19 @@ def test_retention_by_age(agent_factory, tmp_path):
     newest = max(ts(e["started_at"]) for e in rows)
     assert all(newest - ts(e["started_at"]) <= 3.5 for e in rows), [e["started_at"] for e in rows]
     assert len(rows) <= 4, rows
+
+
+def test_pending_retries_are_listed_and_wait_while_scheduling_is_paused(agent, tmp_path):
+    create(agent, shell("paused-retry", flaky(tmp_path / "n", 2), retries=1, retry_backoff="200ms"))
+    assert agent.post("/v1/pause?scheduling=true").json()["scheduling_paused"] is True
+    try:
+        run_id = agent.post("/v1/jobs/paused-retry/run").json()["run_id"]  # manual runs still work
+        pending = agent.wait_for(lambda: agent.get("/v1/jobs/paused-retry/next").json()["pending"])
+        assert [(p["kind"], p["run_id"], p["attempt"]) for p in pending] == [("retry", run_id, 2)], pending
+        time.sleep(1.5)
+        assert [e["attempt"] for e in executions(agent, "paused-retry")] == [1], "a retry ran while paused"
+    finally:
+        assert agent.post("/v1/unpause?scheduling=true").json()["scheduling_paused"] is False
+    agent.wait_for(lambda: [e for e in executions(agent, "paused-retry") if e["status"] == "success"])
+    assert [e["attempt"] for e in executions(agent, "paused-retry")] == [1, 2]
+    assert agent.get("/v1/jobs/paused-retry/next").json()["pending"] == []

@@ -63,6 +63,11 @@ def test_a_pending_retry_survives_a_leader_kill(cluster: Cluster, tmp_path: Path
 
     first = wait_for(first_failed, 15, "the first attempt to fail")
     assert first["attempt"] == 1 and first["node_name"] == "a1", first
+    for server in c.servers:  # the pending retry is a committed record, visible on every server
+        pending = wait_for(
+            lambda s=server: s.get("/v1/jobs/retry-across-failover/next").json()["pending"], 5, f"pending on {server}"
+        )
+        assert [(p["kind"], p["attempt"], p["run_id"]) for p in pending] == [("retry", 2, run_id)], pending
     old.kill9()
     killed_at = time.time()
     new = c.leader(timeout=30, exclude=[old.name])

@@ -429,7 +429,13 @@ def test_real_answers_conform_to_the_document(tagged_agent, spec):
     status, run, _ = call("post", "/v1/jobs/parent/run")
     assert status == 202
     assert call("post", "/v1/jobs/parent")[0] in (202, 409)  # forbid: 409 while the first run is running
-    tagged_agent.wait_for(lambda: not tagged_agent.get("/v1/busy").json())
+    # Not running any more: neither in the runner (busy) nor in the store (its final record committed).
+    tagged_agent.wait_for(
+        lambda: (
+            not tagged_agent.get("/v1/busy").json()
+            and all(e["status"] != "running" for e in tagged_agent.get("/v1/jobs/parent/executions").json())
+        )
+    )
     assert call("post", "/v1/jobs/parent")[0] == 202
     assert call("post", "/v1/jobs/ghost/run")[0] == 404
     assert call("post", "/v1/jobs/ghost")[0] == 404

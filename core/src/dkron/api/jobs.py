@@ -17,6 +17,7 @@ from dkron.cluster.node import ForwardError
 from dkron.jobs import JobValidationError, format_time, validate_job
 from dkron.schedule import ScheduleError, validate_timezone
 from dkron.scheduler import RunRefused
+from dkron.store import followups
 from dkron.store.queries import JobQuery, QueryError
 from dkron.store.raft import StoreUnavailable
 from dkron.timing import next_fire, preview, timing_for
@@ -232,17 +233,21 @@ def next_runs(job_name: str) -> Response:
     zone = timing.schedule.tz if timing else validate_timezone(job.get("timezone", ""))
     now = int(time.time() * 1000)
     times = preview(job, now, n)
+
+    def when(ms: int) -> dict[str, Any]:
+        instant = datetime.fromtimestamp(ms / 1000, UTC)
+        return {"utc": format_time(instant), "local": instant.astimezone(zone).isoformat(timespec="milliseconds")}
+
     body = {
         "job": job_name,
         "timezone": zone.key,
         "disabled": job["disabled"],
         "jitter": job.get("jitter") or "",
-        "next": [
-            {
-                "utc": format_time(datetime.fromtimestamp(ms / 1000, UTC)),
-                "local": datetime.fromtimestamp(ms / 1000, zone).isoformat(timespec="milliseconds"),
-            }
-            for ms in times
+        "next": [when(ms) for ms in times],
+        # Committed retries and dependent runs waiting for their time (they survive a leader change).
+        "pending": [
+            {"kind": row["kind"], "run_id": row["run_id"], "attempt": row["attempt"], **when(row["not_before_ms"])}
+            for row in followups.pending_for_job(agent().reader.db, job_name)
         ],
     }
     if job.get("parent_job"):
