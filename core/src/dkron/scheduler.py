@@ -515,6 +515,8 @@ class Scheduler(FollowupPlanning):
             one = replace(spec, node_name=node, execution_id=f"{spec.group + spec.attempt - 1}-{node}")
             outcome = self.placement.submit(one)
             if outcome == "duplicate" and not self._started(one):
+                # It may still be running there (its start not committed yet): never retry it.
+                self._mark_runs([(one.run_id, one.attempt)], "unknown")
                 self.record(
                     self._failed(one, "the run had started before its agent restarted; outcome unknown", status="lost")
                 )
@@ -526,18 +528,23 @@ class Scheduler(FollowupPlanning):
             return followups.started(self.reader.db, spec.run_id, spec.attempt)
         return self.reader.launch_started(spec.run_id)
 
+    def _mark_runs(self, runs: list[tuple[str, int]], mark: str) -> None:
+        """Tell the state machine not to retry these attempts."""
+        if not runs:
+            return
+        marks = [{"run_id": run_id, "attempt": attempt} for run_id, attempt in runs]
+        try:
+            self.write("mark_runs", {"runs": marks, "mark": mark, "now_ms": self._now_ms()})
+        except StoreUnavailable as exc:
+            log.warning("could not mark runs %s as %s: %s", marks, mark, exc)
+
     def _replace(self, spec: RunSpec, wait: float = 10.0) -> None:
         """``concurrency: replace``: kill the job's running executions, then start ``spec``."""
         name = spec.job["name"]
         victims = {e["id"]: e for e in self.reader.running_executions() if e["job_name"] == name}
         victims.update({e["id"]: e for e in self.placement.active() if e["job_name"] == name})
         runs = {(e["run_id"], e.get("attempt") or 1) for e in victims.values() if e.get("run_id")}
-        try:  # a run killed on purpose is not retried (the state machine reads this mark)
-            if runs:
-                marks = [{"run_id": r, "attempt": a} for r, a in sorted(runs)]
-                self.write("mark_runs", {"runs": marks, "now_ms": self._now_ms()})
-        except StoreUnavailable as exc:
-            log.warning("could not mark the replaced runs of %s: %s", name, exc)
+        self._mark_runs(sorted(runs), "killed")  # a run killed on purpose is not retried
         reason = f"replaced by run {spec.run_id} (concurrency: replace)"
         for execution_id in victims:
             self.placement.kill(name, execution_id, reason)
