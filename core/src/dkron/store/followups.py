@@ -104,18 +104,36 @@ def _expected_nodes(db: sqlite3.Connection, run_id: str, attempt: int) -> int:
 
 
 def after_record(db: sqlite3.Connection, written: list[dict[str, Any]], now_ms: int) -> dict[str, list[str]]:
-    """Called inside the ``record`` apply with the execution records it wrote."""
+    """Called inside the ``record`` apply with the execution records it wrote.
+
+    Runs on the Raft tick thread for every batch of records, so the common case (a job without
+    retries, children or ephemeral) costs one indexed lookup per job, evaluated in SQL."""
     followups: list[str] = []
     deleted: list[str] = []
+    unstarted = {r[0] for r in db.execute("SELECT id FROM followups WHERE started=0")}  # usually few
     done: set[tuple[str, str, int]] = set()
     for ex in written:
         run_id, attempt = ex.get("run_id") or "", int(ex.get("attempt", 1))
         if not run_id:
             continue
-        db.execute("UPDATE followups SET started=1 WHERE id=? AND started=0", (followup_id(run_id, attempt),))
+        fid = followup_id(run_id, attempt)
+        if fid in unstarted:
+            db.execute("UPDATE followups SET started=1 WHERE id=?", (fid,))
+            unstarted.discard(fid)
         if ex["status"] in OUTCOME_STATUSES:
             done.add((ex["job_name"], run_id, attempt))
+    interesting: dict[str, bool] = {}
     for job_name, run_id, attempt in sorted(done):
+        if job_name not in interesting:
+            # Nothing can follow a run of a job without retries, children or ephemeral.
+            row = db.execute(
+                "SELECT COALESCE(json_extract(body, '$.retries'), 0) > 0 OR json_extract(body, '$.ephemeral') = 1"
+                " OR EXISTS (SELECT 1 FROM jobs c WHERE c.parent_job = jobs.name) FROM jobs WHERE name=?",
+                (job_name,),
+            ).fetchone()
+            interesting[job_name] = bool(row and row[0])
+        if not interesting[job_name]:
+            continue
         rows = db.execute(
             "SELECT status, finished_at, grp FROM executions WHERE job=? AND run_id=? AND attempt=?",
             (job_name, run_id, attempt),
@@ -126,13 +144,19 @@ def after_record(db: sqlite3.Connection, written: list[dict[str, Any]], now_ms: 
         success = all(r[0] == "success" for r in finals)
         finished_ms = max((_ms(r[1]) for r in finals), default=now_ms) or now_ms
         group = finals[0][2]
-        _run_finished(db, job_name, run_id, attempt, success, finished_ms, group, followups, deleted)
+        body = db.execute("SELECT body FROM jobs WHERE name=?", (job_name,)).fetchone()
+        if body is not None:
+            _run_finished(db, json.loads(body[0]), run_id, attempt, success, finished_ms, group, followups, deleted)
     return {"followups": followups, "deleted": deleted}
+
+
+def _has_children(db: sqlite3.Connection, job_name: str) -> bool:
+    return db.execute("SELECT 1 FROM jobs WHERE parent_job=? LIMIT 1", (job_name,)).fetchone() is not None
 
 
 def _run_finished(
     db: sqlite3.Connection,
-    job_name: str,
+    job: dict[str, Any],
     run_id: str,
     attempt: int,
     success: bool,
@@ -141,10 +165,7 @@ def _run_finished(
     followups: list[str],
     deleted: list[str],
 ) -> None:
-    row = db.execute("SELECT body FROM jobs WHERE name=?", (job_name,)).fetchone()
-    if row is None:
-        return
-    job = json.loads(row[0])
+    job_name = job["name"]
     killed = db.execute("SELECT 1 FROM run_marks WHERE run_id=? AND attempt=?", (run_id, attempt)).fetchone()
     if not success and not killed and attempt < int(job.get("retries") or 0) + 1:
         base, cap = _backoff_settings(db, job)
