@@ -313,3 +313,15 @@ def test_pending_retries_are_listed_and_wait_while_scheduling_is_paused(agent, t
     agent.wait_for(lambda: [e for e in executions(agent, "paused-retry") if e["status"] == "success"])
     assert [e["attempt"] for e in executions(agent, "paused-retry")] == [1, 2]
     assert agent.get("/v1/jobs/paused-retry/next").json()["pending"] == []
+
+
+def test_hashed_fields_spread_jobs_by_name_in_the_preview(agent):
+    seconds = set()
+    for name in ("hash-a", "hash-b", "hash-c"):
+        create(agent, shell(name, "true", schedule="H H * * * *"))
+        preview = agent.get(f"/v1/jobs/{name}/next?n=2").json()["next"]
+        first, second = (datetime.fromisoformat(p["local"]) for p in preview)
+        assert second - first == timedelta(hours=1), preview  # hashed second and minute, every hour
+        seconds.add((first.minute, first.second))
+        assert agent.get(f"/v1/jobs/{name}/next?n=2").json()["next"] == preview, "stable per job name"
+    assert len(seconds) == 3, seconds

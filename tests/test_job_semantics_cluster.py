@@ -1,9 +1,11 @@
-"""A pending retry is a committed record: it survives the loss of the leader that saw the failure.
+"""Job semantics across a real cluster: 3 servers + 1 agent as separate processes.
 
-3 servers + 1 agent as real processes. The job's first attempt fails on the agent; the leader is
-killed (-9) while the retry waits for its backoff; the new leader runs the retry, which
-succeeds, so the run counts as a success and its child runs. Dkron keeps the retry in a
-sleeping goroutine of the old leader and loses it.
+* ``concurrency: replace`` kills a run on another node (over gRPC) before starting the new one.
+* A pending retry is a committed record: it survives the loss of the leader that saw the
+  failure. The job's first attempt fails on the agent; the leader is killed (-9) while the retry
+  waits for its backoff; the new leader runs the retry, which succeeds, so the run counts as a
+  success and its child runs. Dkron keeps the retry in a sleeping goroutine of the old leader
+  and loses it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,49 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_replace_kills_the_run_on_another_node_first(cluster: Cluster) -> None:
+    c = cluster
+    c.create_job(
+        {
+            "name": "replace-remote",
+            "schedule": "@manually",
+            "tags": {"pool": "web"},
+            "concurrency": "replace",
+            "retries": 1,
+            "executor_config": {"command": "sleep 30"},
+        }
+    )
+    leader = c.leader()
+    first = leader.post("/v1/jobs/replace-remote/run").json()
+    wait_for(
+        lambda: [e for e in leader.get("/v1/busy").json() if e["id"] == first["execution_id"]], 10, "the first run"
+    )
+    follower = c.followers()[0]
+    second = follower.post("/v1/jobs/replace-remote/run")  # forwarded to the leader
+    assert second.status == 202, second
+
+    def replaced() -> dict | None:
+        old = leader.get(f"/v1/jobs/replace-remote/executions/{first['execution_id']}").json()
+        return old if old["status"] != "running" else None
+
+    old = wait_for(replaced, 15, "the first run to be killed")
+    assert old["status"] == "failed" and old["node_name"] == "a1" and "replaced" in old["error"] + old["output"], old
+    now = wait_for(lambda: [e for e in leader.get("/v1/busy").json() if e["job_name"] == "replace-remote"], 10, "new")
+    assert [e["run_id"] for e in now] == [second.json()["run_id"]], now
+    forced = leader.post("/v1/jobs/replace-remote/run?force=true")  # force: no kill, both run
+    assert forced.status == 202, forced
+    both = wait_for(
+        lambda: len([e for e in leader.get("/v1/busy").json() if e["job_name"] == "replace-remote"]) == 2, 10, "two"
+    )
+    assert both
+    for e in [e for e in leader.get("/v1/busy").json() if e["job_name"] == "replace-remote"]:
+        leader.post(f"/v1/jobs/replace-remote/executions/{e['id']}/kill")
+    wait_for(lambda: not [e for e in leader.get("/v1/busy").json() if e["job_name"] == "replace-remote"], 10, "kills")
+    time.sleep(1.5)
+    attempts = [e["attempt"] for e in c.executions("replace-remote", via=leader)]
+    assert attempts == [1, 1, 1], f"a killed or replaced run was retried: {attempts}"
 
 
 def test_a_pending_retry_survives_a_leader_kill(cluster: Cluster, tmp_path: Path) -> None:
