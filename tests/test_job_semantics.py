@@ -325,3 +325,13 @@ def test_hashed_fields_spread_jobs_by_name_in_the_preview(agent):
         seconds.add((first.minute, first.second))
         assert agent.get(f"/v1/jobs/{name}/next?n=2").json()["next"] == preview, "stable per job name"
     assert len(seconds) == 3, seconds
+
+
+def test_a_dependent_run_outside_the_childs_window_is_skipped_and_recorded(agent):
+    create(agent, shell("window-parent", "true"))
+    past = iso(datetime.now(UTC) - timedelta(minutes=1))
+    create(agent, shell("window-child", "true", schedule="", parent_job="window-parent", expires_at=past))
+    assert agent.post("/v1/jobs/window-parent/run").status == 202
+    rows = agent.wait_for(lambda: executions(agent, "window-child"))
+    assert rows[0]["status"] == "skipped" and "expired" in rows[0]["error"], rows
+    assert agent.get("/v1/jobs/window-child").json()["skipped_count"] == 1

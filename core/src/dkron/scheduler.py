@@ -487,6 +487,9 @@ class Scheduler(FollowupPlanning):
             if job.get("disabled"):
                 self.record(self._skipped(spec, f"skipped: the job is disabled (this was a {spec.kind} run)"))
                 return
+            if spec.kind == "dependent" and (outside := self._outside_window(job)):
+                self.record(self._skipped(spec, f"skipped: {outside} (this was a dependent run)"))
+                return
             spec.job = job
         elif spec.kind != "manual":
             if current is None:
@@ -522,6 +525,16 @@ class Scheduler(FollowupPlanning):
                 )
             elif outcome == "unreachable":
                 self.record(self._failed(one, f"node {node} could not be reached to start the run"))
+
+    def _outside_window(self, job: dict[str, Any]) -> str | None:
+        """Why now is outside the job's starts_at/expires_at (None if inside), as Dkron checks for
+        scheduled and dependent runs."""
+        now = format_time(_dt(self._now_ms())) or ""
+        if job.get("starts_at") and now < job["starts_at"]:
+            return f"the job starts at {job['starts_at']}"
+        if job.get("expires_at") and now > job["expires_at"]:
+            return f"the job expired at {job['expires_at']}"
+        return None
 
     def _started(self, spec: RunSpec) -> bool:
         if spec.kind in FOLLOWUP_KINDS:
