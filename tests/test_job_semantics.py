@@ -78,10 +78,17 @@ def test_a_run_that_succeeds_on_a_retry_is_a_success_and_triggers_its_child(agen
     # Exponential backoff with jitter: at least half of 300 ms, then of 600 ms.
     assert ts(rows[1]["started_at"]) - ts(rows[0]["finished_at"]) >= 0.14, rows
     assert ts(rows[2]["started_at"]) - ts(rows[1]["finished_at"]) >= 0.29, rows
+    # A retry's scheduled_at is its not-before time; it starts right then, not a planning cycle later.
+    lateness = [ts(e["started_at"]) - ts(e["scheduled_at"]) for e in rows[1:]]
+    print(f"\nretry lateness after not-before: {[round(x * 1000) for x in lateness]} ms")
+    assert all(-0.01 <= x < 0.5 for x in lateness), lateness
     job = agent.get("/v1/jobs/flaky").json()
     assert job["status"] == "success", job  # not Dkron's "partially_failed"
     child = agent.wait_for(lambda: [e for e in executions(agent, "flaky-child") if e["status"] == "success"])
     assert child[0]["kind"] == "dependent" and child[0]["run_id"] == f"flaky-child@{run_id}", child
+    delay = ts(child[0]["started_at"]) - ts(rows[2]["finished_at"])
+    print(f"child started {delay * 1000:.0f} ms after its parent's run ended")
+    assert 0 <= delay < 1.0, delay
     assert (tmp_path / "child").read_text() == "child\n", "the child ran exactly once"
 
 
