@@ -64,7 +64,7 @@ def setup(m: Machine) -> None:
     m.apply("put_job", {"job": job("p", retries=2, retry_backoff="10s"), "now": NOW})
     m.apply("put_job", {"job": job("ok", parent_job="p"), "now": NOW})
     m.apply("put_job", {"job": job("bad", parent_job="p", depends_on_status="failure"), "now": NOW})
-    launch = {"job": "p", "scheduled_ms": 1, "kind": "manual", "node": "n1,n2", "run_id": "p@1", "execution_id": "1"}
+    launch = {"job": "p", "scheduled_ms": 1, "kind": "manual", "node": "n1,n2", "run_id": "p@1", "execution_id": "1000"}
     m.apply("launch", {"launches": [launch], "proposal": "x", "now_ms": 0})
 
 
@@ -144,3 +144,12 @@ def test_jitter_keeps_ticks_ordered_and_within_bounds():
     assert fires == sorted(fires) and len(set(fires)) == 50
     assert all(0 <= f % 10_000 < 10_000 for f in fires)
     assert len({f // 10_000 for f in fires}) == 50, "one fire per tick, none skipped"
+
+
+def test_a_result_delivered_without_its_group_still_gives_the_retry_the_runs_group(tmp_path):
+    m = Machine(tmp_path / "s.db")
+    setup(m)
+    # As an agent reports with ExecutionDone after its stream broke: no group, no kind.
+    bare = [{k: v for k, v in execution("p", "p@1", 1, "failed", n).items() if k != "group"} for n in ("n1", "n2")]
+    assert m.apply("record", {"executions": bare})["followups"] == ["p@1#2"]
+    assert m.rows()[0][5] == 1000

@@ -95,12 +95,22 @@ def _backoff_settings(db: sqlite3.Connection, job: dict[str, Any]) -> tuple[int,
     return base, max(cap, 0)
 
 
-def _expected_nodes(db: sqlite3.Connection, run_id: str, attempt: int) -> int:
-    row = db.execute("SELECT node FROM followups WHERE id=?", (followup_id(run_id, attempt),)).fetchone()
+def _launch_of(db: sqlite3.Connection, run_id: str, attempt: int) -> tuple[int, int | None]:
+    """(target node count, group) of a run attempt, from its follow-up or launch record.
+
+    The group is not taken from the execution rows: a result an agent delivers itself after its
+    stream broke (``ExecutionDone``) carries no group."""
+    row = db.execute("SELECT node, grp FROM followups WHERE id=?", (followup_id(run_id, attempt),)).fetchone()
     if row is None and attempt == 1:
-        row = db.execute("SELECT node FROM launches WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
-    nodes = [n for n in ((row[0] or "") if row else "").split(",") if n]
-    return max(1, len(nodes))
+        row = db.execute("SELECT node, execution_id FROM launches WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
+    if row is None:
+        return 1, None
+    nodes = [n for n in (row[0] or "").split(",") if n]
+    try:
+        group = int(row[1])
+    except (TypeError, ValueError):
+        group = None
+    return max(1, len(nodes)), group
 
 
 def after_record(db: sqlite3.Connection, written: list[dict[str, Any]], now_ms: int) -> dict[str, list[str]]:
@@ -139,11 +149,13 @@ def after_record(db: sqlite3.Connection, written: list[dict[str, Any]], now_ms: 
             (job_name, run_id, attempt),
         ).fetchall()
         finals = [r for r in rows if r[0] in OUTCOME_STATUSES]
-        if len(finals) < len(rows) or len(finals) < _expected_nodes(db, run_id, attempt):
+        expected, group = _launch_of(db, run_id, attempt)
+        if len(finals) < len(rows) or len(finals) < expected:
             continue  # other nodes of this attempt are still running
         success = all(r[0] == "success" for r in finals)
         finished_ms = max((_ms(r[1]) for r in finals), default=now_ms) or now_ms
-        group = finals[0][2]
+        if group is None:
+            group = max(r[2] for r in finals)
         body = db.execute("SELECT body FROM jobs WHERE name=?", (job_name,)).fetchone()
         if body is not None:
             _run_finished(db, json.loads(body[0]), run_id, attempt, success, finished_ms, group, followups, deleted)
