@@ -58,7 +58,6 @@ DEPENDS_ON = ("success", "failure", "always")
 #: Cluster defaults; the leader replicates its --retry-backoff-base/-max into meta.
 DEFAULT_BACKOFF_BASE_MS = 1_000
 DEFAULT_BACKOFF_MAX_MS = 300_000
-MAX_FOLLOWUP_AGE_MS = 24 * 3600 * 1000
 
 
 def followup_id(run_id: str, attempt: int) -> str:
