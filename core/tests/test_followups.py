@@ -153,3 +153,10 @@ def test_a_result_delivered_without_its_group_still_gives_the_retry_the_runs_gro
     bare = [{k: v for k, v in execution("p", "p@1", 1, "failed", n).items() if k != "group"} for n in ("n1", "n2")]
     assert m.apply("record", {"executions": bare})["followups"] == ["p@1#2"]
     assert m.rows()[0][5] == 1000
+
+
+def test_a_lost_attempt_is_not_retried_but_counts_as_a_failure_for_children(tmp_path):
+    m = Machine(tmp_path / "s.db")
+    setup(m)
+    record = [execution("p", "p@1", 1, "success", "n1"), execution("p", "p@1", 1, "lost", "n2")]
+    assert m.apply("record", {"executions": record})["followups"] == ["bad@p@1#1"]

@@ -518,8 +518,7 @@ class Scheduler(FollowupPlanning):
             one = replace(spec, node_name=node, execution_id=f"{spec.group + spec.attempt - 1}-{node}")
             outcome = self.placement.submit(one)
             if outcome == "duplicate" and not self._started(one):
-                # It may still be running there (its start not committed yet): never retry it.
-                self._mark_runs([(one.run_id, one.attempt)], "unknown")
+                # Recorded "lost" (it may still be running there): never retried.
                 self.record(
                     self._failed(one, "the run had started before its agent restarted; outcome unknown", status="lost")
                 )

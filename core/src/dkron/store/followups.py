@@ -152,12 +152,16 @@ def after_record(db: sqlite3.Connection, written: list[dict[str, Any]], now_ms: 
         if len(finals) < len(rows) or len(finals) < expected:
             continue  # other nodes of this attempt are still running
         success = all(r[0] == "success" for r in finals)
+        # "lost" means the outcome is unknown (the run may have finished, or still run): retrying
+        # could run the job twice, so only a known failure is retried.
+        retriable = not success and all(r[0] != "lost" for r in finals)
         finished_ms = max((_ms(r[1]) for r in finals), default=now_ms) or now_ms
         if group is None:
             group = max(r[2] for r in finals)
         body = db.execute("SELECT body FROM jobs WHERE name=?", (job_name,)).fetchone()
         if body is not None:
-            _run_finished(db, json.loads(body[0]), run_id, attempt, success, finished_ms, group, followups, deleted)
+            outcome = (success, retriable)
+            _run_finished(db, json.loads(body[0]), run_id, attempt, outcome, finished_ms, group, followups, deleted)
     return {"followups": followups, "deleted": deleted}
 
 
@@ -170,15 +174,16 @@ def _run_finished(
     job: dict[str, Any],
     run_id: str,
     attempt: int,
-    success: bool,
+    outcome: tuple[bool, bool],
     finished_ms: int,
     group: int,
     followups: list[str],
     deleted: list[str],
 ) -> None:
     job_name = job["name"]
+    success, retriable = outcome
     killed = db.execute("SELECT 1 FROM run_marks WHERE run_id=? AND attempt=?", (run_id, attempt)).fetchone()
-    if not success and not killed and attempt < int(job.get("retries") or 0) + 1:
+    if retriable and not killed and attempt < int(job.get("retries") or 0) + 1:
         base, cap = _backoff_settings(db, job)
         _insert(
             db,
