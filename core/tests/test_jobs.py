@@ -65,6 +65,10 @@ def test_a_minimal_job_gets_every_default():
         "ephemeral": False,
         "starts_at": None,
         "expires_at": None,
+        "depends_on_status": "success",
+        "jitter": "",
+        "retry_backoff": "",
+        "retry_backoff_max": "",
     }
 
 
@@ -384,3 +388,17 @@ def test_catchup_policies_are_accepted(policy):
 def test_an_unknown_catchup_policy_names_the_field():
     err = rejected(catchup="sometimes")
     assert err.field == "catchup" and "latest, none, all" in str(err)
+
+
+def test_job_semantics_fields():
+    assert validate(concurrency="replace")["concurrency"] == "replace"
+    child = validate(parent_job="parent", schedule="", depends_on_status="failure")
+    assert child["depends_on_status"] == "failure"
+    assert validate(parent_job="parent", schedule="", depends_on_status="always")["depends_on_status"] == "always"
+    assert rejected(parent_job="parent", schedule="", depends_on_status="sometimes").field == "depends_on_status"
+    assert rejected(depends_on_status="failure").field == "depends_on_status"  # no parent
+    job = validate(jitter="30s", retry_backoff="500ms", retry_backoff_max="1m")
+    assert (job["jitter"], job["retry_backoff"], job["retry_backoff_max"]) == ("30s", "500ms", "1m")
+    assert rejected(jitter="soon").field == "jitter"
+    assert rejected(retry_backoff=True).field == "retry_backoff"
+    assert rejected(jitter="800h").field == "jitter"

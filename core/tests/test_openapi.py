@@ -423,13 +423,20 @@ def test_real_answers_conform_to_the_document(tagged_agent, spec):
     assert call("get", "/v1/jobs?_sort=nope")[0] == 400
     assert call("get", "/v1/jobs/parent")[0] == 200
     assert call("get", "/v1/jobs/ghost")[0] == 404
+    assert len(call("get", "/v1/jobs/parent/next?n=3")[1]["next"]) == 3
+    assert call("get", "/v1/jobs/child/next")[1]["next"] == []
+    assert call("get", "/v1/jobs/parent/next?n=0")[0] == 400
+    assert call("get", "/v1/jobs/ghost/next")[0] == 404
 
     status, run, _ = call("post", "/v1/jobs/parent/run")
     assert status == 202
     assert call("post", "/v1/jobs/parent")[0] in (202, 409)  # forbid: 409 while the first run is running
-    # forbid counts a run as running until its final record is committed (a few ms after /v1/busy empties)
+    # Not running any more: neither in the runner (busy) nor in the store (its final record committed).
     tagged_agent.wait_for(
-        lambda: all(e["status"] != "running" for e in tagged_agent.get("/v1/jobs/parent/executions").json())
+        lambda: (
+            not tagged_agent.get("/v1/busy").json()
+            and all(e["status"] != "running" for e in tagged_agent.get("/v1/jobs/parent/executions").json())
+        )
     )
     assert call("post", "/v1/jobs/parent")[0] == 202
     assert call("post", "/v1/jobs/ghost/run")[0] == 404

@@ -163,6 +163,7 @@ class Agent:
             node_name=self.node_name,
             catchup_window=self.config["catchup-window"],
             placement=self.placement,
+            retry_backoff=(self.config["retry-backoff-base"], self.config["retry-backoff-max"]),
         )
         self.scheduler.on_leadership = self._prepare_leadership
         self.state.listeners.append(self._on_applied)
@@ -273,8 +274,13 @@ class Agent:
         elif command == "restore_jobs":
             for item in payload["jobs"]:
                 self.scheduler.job_changed(item["job"]["name"])
+        elif command == "record" and isinstance(result, dict) and (result.get("followups") or result.get("deleted")):
+            for name in result.get("deleted") or ():
+                self.scheduler.job_changed(name)  # ephemeral job deleted after its successful run
+            self.scheduler.followups_changed()
         elif command == "set_meta" and payload.get("key") == "scheduling_paused":
             self.scheduler.paused = bool(payload["value"])
+            self.scheduler.followups_changed()
         elif command == "snapshot_installed":  # a peer's state copy replaced our rows
             self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
         elif command == "remove_server":
@@ -292,17 +298,17 @@ class Agent:
     def is_leader(self) -> bool:
         return bool(self.raft and self.raft.is_leader)
 
-    def run_now(self, job: dict[str, Any]) -> dict[str, Any]:
+    def run_now(self, job: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
         """A manual run: started by the leader, forwarded there from a follower."""
         if self.is_leader:
-            return self.scheduler.run_now(job)
-        return self.cluster.forward("run_job", {"name": job["name"]})
+            return self.scheduler.run_now(job, force=force)
+        return self.cluster.forward("run_job", {"name": job["name"], "force": force})
 
     def _forwarded_run(self, payload: dict[str, Any]) -> dict[str, Any]:
         job = self.reader.get_job(payload["name"])
         if job is None:
             raise LookupError(f"job not found: {payload['name']}")
-        return self.scheduler.run_now(job)
+        return self.scheduler.run_now(job, force=bool(payload.get("force")))
 
     def _active_here(self) -> list[dict[str, Any]]:
         # Never forwards (a follower asked by another follower must not ask back).

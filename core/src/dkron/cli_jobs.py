@@ -26,7 +26,7 @@ from dkron.jobs import COMPUTED_FIELDS
 DEFAULT_ADDRESS = "http://127.0.0.1:8080"
 FINAL = ("success", "failed", "skipped", "missed", "lost")
 #: Server-side defaults of fields a job file may leave out (anything falsy is the default otherwise).
-FIELD_DEFAULTS = {"concurrency": "allow", "catchup": "latest", "notify_on": "always"}
+FIELD_DEFAULTS = {"concurrency": "allow", "catchup": "latest", "notify_on": "always", "depends_on_status": "success"}
 
 
 class CliError(Exception):

@@ -86,6 +86,13 @@ OPTIONS: tuple[Option, ...] = (
         60.0,
         "a tick missed by less than this runs once when scheduling resumes",
     ),
+    Option(
+        "retry-backoff-base",
+        "duration",
+        1.0,
+        "delay before a job's first retry; doubles per attempt (with jitter), up to retry-backoff-max",
+    ),
+    Option("retry-backoff-max", "duration", 300.0, "longest delay between two attempts of a run"),
     Option("shutdown-timeout", "duration", 30.0, "on SIGTERM, let running executions finish this long"),
     Option("max-concurrent-runs", "int", 64, "executions running at once on this node"),
     # SMTP for the email processor (Dkron's mail-* options, plus mail-tls/mail-timeout/mail-ca-file).

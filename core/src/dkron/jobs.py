@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from dkron.config import ConfigError as DurationError
+from dkron.config import parse_duration
 from dkron.contracts import ConfigError, ExecutorRegistry, ProcessorRegistry
 from dkron.schedule import ScheduleError, parse_schedule, validate_timezone
 
@@ -43,7 +45,11 @@ COMPUTED_FIELDS = frozenset(
         "running",
     }
 )
-CONCURRENCY_POLICIES = ("allow", "forbid")
+#: allow: runs may overlap; forbid: a tick while a run goes on is skipped (recorded);
+#: replace: the running execution(s) are killed, then the new run starts.
+CONCURRENCY_POLICIES = ("allow", "forbid", "replace")
+#: When a child job runs after its parent's run: on success (Dkron's only behaviour), failure, or always.
+DEPENDS_ON_STATUSES = ("success", "failure", "always")
 #: What runs when scheduling resumes after ticks were missed (leader change, full outage).
 CATCHUP_POLICIES = ("latest", "none", "all")
 #: When post-run notifications are sent: every run, failed runs, or when the outcome changes.
@@ -232,6 +238,24 @@ def _retries(payload: Mapping[str, Any]) -> int:
     return value
 
 
+def _duration(payload: Mapping[str, Any], field: str, *, maximum_s: float) -> str:
+    """An optional duration ("30s", "1m30s", "500ms", or a number of seconds), kept as given."""
+    value = payload.get(field)
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise JobValidationError(f"{field} must be a duration such as 30s, 5m or 1h30m", field)
+    text = str(value).strip()
+    try:
+        seconds = parse_duration(text, field)
+    except DurationError:
+        example = "examples: 500ms, 30s, 5m, 1h30m"
+        raise JobValidationError(f"{field}: invalid duration {text!r} ({example})", field) from None
+    if seconds > maximum_s:
+        raise JobValidationError(f"{field} must be at most {maximum_s:g}s", field)
+    return text
+
+
 KNOWN_FIELDS = (
     frozenset(
         {
@@ -255,6 +279,10 @@ KNOWN_FIELDS = (
             "starts_at",
             "expires_at",
             "notify_on",
+            "depends_on_status",
+            "jitter",
+            "retry_backoff",
+            "retry_backoff_max",
         }
     )
     | COMPUTED_FIELDS
@@ -318,7 +346,13 @@ def validate_job(payload: Any, *, executors: ExecutorRegistry, processors: Proce
         "ephemeral": _bool(payload, "ephemeral"),
         "starts_at": _optional_time(payload, "starts_at"),
         "expires_at": _optional_time(payload, "expires_at"),
+        "depends_on_status": _choice(payload, "depends_on_status", DEPENDS_ON_STATUSES),
+        "jitter": _duration(payload, "jitter", maximum_s=7 * 86400),
+        "retry_backoff": _duration(payload, "retry_backoff", maximum_s=86400),
+        "retry_backoff_max": _duration(payload, "retry_backoff_max", maximum_s=7 * 86400),
     }
+    if job["depends_on_status"] != "success" and not parent:
+        raise JobValidationError("depends_on_status only applies to a job with a parent_job", "depends_on_status")
     if job["starts_at"] and job["expires_at"] and job["starts_at"] >= job["expires_at"]:
         raise JobValidationError("starts_at must be before expires_at", "starts_at")
     return job

@@ -41,10 +41,12 @@ class RunSpec:
     run_id: str
     execution_id: str
     node_name: str
-    kind: str = "scheduled"  # scheduled | manual | catchup
+    kind: str = "scheduled"  # scheduled | manual | catchup | retry | dependent
     scheduled_ms: int = 0
     attempt: int = 1
     group: int = 0
+    #: A manual run with ``force``: the job's concurrency policy is not applied (leader side only).
+    force: bool = False
 
 
 class TailBuffer:

@@ -26,11 +26,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from dkron.jobs import format_time, parse_time
+from dkron.followup_planning import FOLLOWUP_KINDS, FollowupPlanning
+from dkron.jobs import format_time
 from dkron.runner import Runner, RunSpec
-from dkron.schedule import Schedule, ScheduleError, parse_schedule
+from dkron.schedule import ScheduleError
+from dkron.store import followups
 from dkron.store.queries import Reader
 from dkron.store.raft import StoreUnavailable
+from dkron.timing import Timing, next_fire, timing_for
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,6 @@ class RunRefused(Exception):
     """A manual run cannot start now (HTTP 409)."""
 
     status = 409  # also what a follower answers when the leader refuses a forwarded run
-
-
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
 
 
 def _dt(ms: int) -> datetime:
@@ -75,17 +74,21 @@ class Placement:
     def running_jobs(self) -> set[str]:
         return self.runner.running_jobs()
 
+    def active(self) -> list[dict[str, Any]]:
+        return self.runner.active()
+
+    def kill(self, job: str, execution_id: str, reason: str) -> bool:
+        return self.runner.kill(job, execution_id, reason)
+
 
 @dataclass
 class _Entry:
     job: dict[str, Any]
-    schedule: Schedule
+    timing: Timing
     version: int
-    starts_ms: int | None
-    expires_ms: int | None
 
 
-class Scheduler:
+class Scheduler(FollowupPlanning):
     def __init__(
         self,
         reader: Reader,
@@ -100,6 +103,7 @@ class Scheduler:
         catchup_window: float = 60.0,
         clock: Callable[[], float] = time.time,
         placement: Placement | None = None,
+        retry_backoff: tuple[float, float] = (1.0, 300.0),
     ) -> None:
         self.reader = reader
         self.write = write
@@ -109,6 +113,8 @@ class Scheduler:
         self.node_name = node_name
         self.lookahead_ms = int(lookahead * 1000)
         self.catchup_window_ms = int(catchup_window * 1000)
+        #: (base, cap) in seconds; replicated by each new leader, read by the state machine.
+        self.retry_backoff_ms = (int(retry_backoff[0] * 1000), int(retry_backoff[1] * 1000))
         self.clock = clock
         self._changes: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -175,29 +181,27 @@ class Scheduler:
         return int(self.clock() * 1000)
 
     def _load(self, job: dict[str, Any]) -> _Entry | None:
-        if job.get("disabled") or job.get("parent_job") or not job.get("schedule"):
+        if job.get("disabled"):
             return None
         try:
-            schedule = parse_schedule(job["schedule"], timezone=job.get("timezone", ""), job_name=job["name"])
+            timing = timing_for(job)
         except ScheduleError:
             log.error("job %s has an unparseable schedule %r; not scheduled", job["name"], job["schedule"])
             return None
-        starts = _ms(parse_time(job["starts_at"])) if job.get("starts_at") else None
-        expires = _ms(parse_time(job["expires_at"])) if job.get("expires_at") else None
-        return _Entry(job, schedule, next(self._versions), starts, expires)
+        return _Entry(job, timing, next(self._versions)) if timing is not None else None
 
     def next_fire(self, entry: _Entry, after_ms: int) -> int | None:
-        """The job's next tick strictly after ``after_ms``, honouring starts_at / expires_at."""
-        after = after_ms
-        if entry.starts_ms is not None and after < entry.starts_ms:
-            after = entry.starts_ms - 1
-        nxt = entry.schedule.next_after(_dt(after))
-        if nxt is None:
-            return None
-        fire = _ms(nxt)
-        if entry.expires_ms is not None and fire > entry.expires_ms:
-            return None
-        return fire
+        """The job's next effective fire time strictly after ``after_ms`` (window and jitter applied)."""
+        return next_fire(entry.timing, after_ms)
+
+    def _first_after(self, entry: _Entry, last: int | None, now_ms: int) -> int | None:
+        """Where a job's ticks resume: after its last committed tick, else after now. A one-shot
+        (``@at``) never launched whose time passed less than ``catchup_window`` ago still fires."""
+        if last:
+            return last
+        if entry.timing.one_shot:
+            return now_ms - self.catchup_window_ms
+        return now_ms
 
     def _push(self, entry: _Entry, fire: int | None) -> None:
         if fire is not None:
@@ -211,7 +215,7 @@ class Scheduler:
             return
         self._jobs[name] = entry
         last = job.get("_last_scheduled_ms") or 0
-        self._push(entry, self.next_fire(entry, max(now_ms, last)))
+        self._push(entry, self.next_fire(entry, max(now_ms, last) if last else self._first_after(entry, None, now_ms)))
 
     def _become_leader(self) -> None:
         """Rebuild the plan from the store and reconcile what the previous leader left."""
@@ -221,6 +225,7 @@ class Scheduler:
         while not self._changes.empty():
             self._changes.get_nowait()
         now = self._now_ms()
+        self._replicate_retry_backoff()
         self._reconcile_running()
         # Jobs first: adopted launches are dispatched against the loaded jobs (a launch of a job
         # not loaded is taken for one deleted or disabled since, and dropped).
@@ -229,11 +234,12 @@ class Scheduler:
         for job, entry in entries:
             self._jobs[job["name"]] = entry
         adopted = self._reconcile_launches(now)
+        self._adopt_followups(now)
         catchups, missed = [], []
         for job, entry in entries:
             last = job.get("_last_scheduled_ms")
             # Ticks after the last one committed and up to now fell in a gap (restart, failover).
-            fire = self.next_fire(entry, last or now)
+            fire = self.next_fire(entry, self._first_after(entry, last, now))
             gap: list[int] = []
             while fire is not None and fire <= now and len(gap) < MAX_MISSED_COUNTED:
                 gap.append(fire)
@@ -440,6 +446,9 @@ class Scheduler:
             self._commit(launches, now)
             return
         wait = (self._plan[0][0] - self.lookahead_ms - self._now_ms()) / 1000 if self._plan else 1.0
+        later = self._plan_followups(now)  # retries and dependent runs that fall due
+        if later is not None:
+            wait = min(wait, (later - self.lookahead_ms - self._now_ms()) / 1000)
         self._wake.wait(max(0.0, min(wait, 1.0)))
         self._wake.clear()
 
@@ -471,36 +480,102 @@ class Scheduler:
     def _dispatch(self, spec: RunSpec) -> None:
         name = spec.job["name"]
         current = self._jobs.get(name)
-        if spec.kind != "manual":
+        if spec.kind in FOLLOWUP_KINDS:
+            job = self.reader.get_job(name, with_children=False)  # children are never in the plan
+            if job is None or not followups.exists(self.reader.db, spec.run_id, spec.attempt):
+                return  # the job was deleted since (perhaps re-created under the same name)
+            if job.get("disabled"):
+                self.record(self._skipped(spec, f"skipped: the job is disabled (this was a {spec.kind} run)"))
+                return
+            if spec.kind == "dependent" and (outside := self._outside_window(job)):
+                self.record(self._skipped(spec, f"skipped: {outside} (this was a dependent run)"))
+                return
+            spec.job = job
+        elif spec.kind != "manual":
             if current is None:
                 return  # deleted or disabled after planning
             spec.job = current.job
         if self.paused and spec.kind != "manual":
             self.record(self._skipped(spec, "skipped: scheduling is paused (POST /v1/unpause?scheduling=true)"))
             return
-        if spec.job.get("concurrency") == "forbid" and name in self.placement.running_jobs():
-            self.record(self._skipped(spec, "skipped: the previous run is still running (concurrency: forbid)"))
+        policy = spec.job.get("concurrency")
+        if not spec.force and policy in ("forbid", "replace") and name in self.placement.running_jobs():
+            if policy == "forbid":
+                self.record(self._skipped(spec, "skipped: the previous run is still running (concurrency: forbid)"))
+            else:  # replace: kill, wait for the kill to land, then start (off the dispatcher thread)
+                threading.Thread(target=self._replace, args=(spec,), name="scheduler-replace", daemon=True).start()
             return
+        self._submit(spec)
+
+    def _submit(self, spec: RunSpec) -> None:
         targets = [node for node in spec.node_name.split(",") if node]
         if not targets:
             self.record(self._failed(spec, f"no alive node matches the job's tags {spec.job.get('tags') or {}}"))
             return
         for node in targets:
             # One execution per target node; its id is Dkron's "<dispatch ns>-<node>".
-            one = replace(spec, node_name=node, execution_id=f"{spec.group}-{node}")
+            # Attempts of one run share its group; each attempt has its own execution id.
+            one = replace(spec, node_name=node, execution_id=f"{spec.group + spec.attempt - 1}-{node}")
             outcome = self.placement.submit(one)
-            if outcome == "duplicate" and not self.reader.launch_started(one.run_id):
+            if outcome == "duplicate" and not self._started(one):
+                # Recorded "lost" (it may still be running there): never retried.
                 self.record(
                     self._failed(one, "the run had started before its agent restarted; outcome unknown", status="lost")
                 )
             elif outcome == "unreachable":
                 self.record(self._failed(one, f"node {node} could not be reached to start the run"))
 
+    def _outside_window(self, job: dict[str, Any]) -> str | None:
+        """Why now is outside the job's starts_at/expires_at (None if inside), as Dkron checks for
+        scheduled and dependent runs."""
+        now = format_time(_dt(self._now_ms())) or ""
+        if job.get("starts_at") and now < job["starts_at"]:
+            return f"the job starts at {job['starts_at']}"
+        if job.get("expires_at") and now > job["expires_at"]:
+            return f"the job expired at {job['expires_at']}"
+        return None
+
+    def _started(self, spec: RunSpec) -> bool:
+        if spec.kind in FOLLOWUP_KINDS:
+            return followups.started(self.reader.db, spec.run_id, spec.attempt)
+        return self.reader.launch_started(spec.run_id)
+
+    def _mark_runs(self, runs: list[tuple[str, int]], mark: str) -> None:
+        """Tell the state machine not to retry these attempts."""
+        if not runs:
+            return
+        marks = [{"run_id": run_id, "attempt": attempt} for run_id, attempt in runs]
+        try:
+            self.write("mark_runs", {"runs": marks, "mark": mark, "now_ms": self._now_ms()})
+        except StoreUnavailable as exc:
+            log.warning("could not mark runs %s as %s: %s", marks, mark, exc)
+
+    def _replace(self, spec: RunSpec, wait: float = 10.0) -> None:
+        """``concurrency: replace``: kill the job's running executions, then start ``spec``."""
+        name = spec.job["name"]
+        victims = {e["id"]: e for e in self.reader.running_executions() if e["job_name"] == name}
+        victims.update({e["id"]: e for e in self.placement.active() if e["job_name"] == name})
+        runs = {(e["run_id"], e.get("attempt") or 1) for e in victims.values() if e.get("run_id")}
+        self._mark_runs(sorted(runs), "killed")  # a run killed on purpose is not retried
+        reason = f"replaced by run {spec.run_id} (concurrency: replace)"
+        for execution_id in victims:
+            self.placement.kill(name, execution_id, reason)
+        deadline = time.monotonic() + wait
+        while name in self.placement.running_jobs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if name in self.placement.running_jobs():
+            log.warning("job %s: replaced executions still running after %.0fs; starting anyway", name, wait)
+        if self._leading.is_set():
+            self._submit(spec)
+
     # -- manual runs -------------------------------------------------------------------------
-    def run_now(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Commit a manual launch and dispatch it at once; returns its execution id and run id."""
+    def run_now(self, job: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
+        """Commit a manual launch and dispatch it at once; returns its execution id and run id.
+
+        The job's concurrency policy applies (forbid: refused; replace: the running execution is
+        killed first) unless ``force`` is set."""
         name = job["name"]
-        if job.get("concurrency") == "forbid" and name in self.placement.running_jobs():
+        if not force and job.get("concurrency") == "forbid" and name in self.placement.running_jobs():
             raise RunRefused(f"job {name} is already running and its concurrency policy is forbid")
         targets = self.placement.targets(job)
         if not targets:
@@ -520,6 +595,7 @@ class Scheduler:
             raise RunRefused(f"job {name} could not be launched (deleted meanwhile?)")
         spec = self._spec(job, launch)
         spec.scheduled_ms = 0  # manual: no scheduled time
+        spec.force = force
         self._queue(spec, now)
         first = launch["node"].split(",")[0]
         return {"execution_id": f"{spec.group}-{first}", "run_id": launch["run_id"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -64,7 +65,11 @@ def get_execution(job_name: str, execution_id: str) -> Response:
 def kill_execution(job_name: str, execution_id: str) -> Response:
     load_job(job_name)
     node = agent()
-    running = any(e["id"] == execution_id and e["job_name"] == job_name for e in node.busy())
-    if not running or not node.kill(job_name, execution_id, "killed through the API"):
+    running = next((e for e in node.busy() if e["id"] == execution_id and e["job_name"] == job_name), None)
+    if running is not None and running.get("run_id"):
+        # Killed on purpose: the state machine must not retry this attempt.
+        run = {"run_id": running["run_id"], "attempt": running.get("attempt") or 1}
+        committed("mark_runs", {"runs": [run], "now_ms": int(time.time() * 1000)})
+    if running is None or not node.kill(job_name, execution_id, "killed through the API"):
         raise ApiError(f"execution {execution_id} of job {job_name} is not running", 404)
     return json_response({"killed": True, "id": execution_id, "job_name": job_name}, 202)

@@ -15,10 +15,12 @@ from flask import Blueprint, Response, request
 from dkron.api.app import ApiError, agent, json_response, read_json
 from dkron.cluster.node import ForwardError
 from dkron.jobs import JobValidationError, format_time, parse_time, validate_job
-from dkron.schedule import parse_schedule
+from dkron.schedule import ScheduleError, validate_timezone
 from dkron.scheduler import RunRefused
+from dkron.store import followups
 from dkron.store.queries import JobQuery, QueryError
 from dkron.store.raft import StoreUnavailable
+from dkron.timing import next_fire, preview, timing_for
 
 bp = Blueprint("jobs", __name__)
 MAX_QUERY_INT = 2**63 - 1
@@ -59,17 +61,12 @@ def load_job(name: str) -> dict[str, Any]:
 
 
 def next_run(job: dict[str, Any], now: datetime) -> str | None:
-    """The time the job fires next, as the scheduler will compute it (None if never)."""
-    if job["disabled"] or job["parent_job"] or not job["schedule"]:
+    """The time the job fires next, as the scheduler computes it (window, jitter; None if never)."""
+    timing = None if job["disabled"] else timing_for(job)
+    if timing is None:
         return None
-    schedule = parse_schedule(job["schedule"], timezone=job["timezone"], job_name=job["name"])
-    after = now
-    if job.get("starts_at"):
-        after = max(after, parse_time(job["starts_at"]))
-    nxt = schedule.next_after(after)
-    if nxt is None or (job.get("expires_at") and nxt > parse_time(job["expires_at"])):
-        return None
-    return format_time(nxt)
+    fire = next_fire(timing, int(now.timestamp() * 1000))
+    return format_time(datetime.fromtimestamp(fire / 1000, UTC)) if fire is not None else None
 
 
 def _parse_int(name: str, default: int | None) -> int | None:
@@ -189,8 +186,9 @@ def delete_job(job_name: str) -> Response:
 def run_job(job_name: str) -> Response:
     node = agent()
     job = load_job(job_name)
+    force = _force_requested()
     try:
-        started = node.run_now(job)  # on a follower, forwarded to the leader
+        started = node.run_now(job, force=force)  # on a follower, forwarded to the leader
     except RunRefused as exc:
         raise ApiError(str(exc), 409) from None
     except ForwardError as exc:
@@ -204,6 +202,60 @@ def run_job(job_name: str) -> Response:
         time.sleep(0.005)
     body = {**public(job), **started}
     return json_response(body, 202, headers={"Location": f"/v1/jobs/{job_name}/executions/{execution_id}"})
+
+
+def _force_requested() -> bool:
+    """``?force=true`` or a JSON body ``{"force": true}``: run whatever the concurrency policy."""
+    force = _parse_bool("force")
+    raw = request.get_data(cache=True)
+    if raw.strip() and request.mimetype == "application/json":
+        body = read_json()
+        if not isinstance(body, dict) or not isinstance(body.get("force", False), bool):
+            raise ApiError('the run request body must be a JSON object such as {"force": true}')
+        force = force or body.get("force", False)
+    return bool(force)
+
+
+MAX_PREVIEW = 100
+
+
+@bp.get("/v1/jobs/<job_name>/next")
+@store_errors
+def next_runs(job_name: str) -> Response:
+    """The job's next effective run times (schedule, starts_at/expires_at and jitter applied), in
+    UTC and in the job's zone. A disabled job shows the times it would run at once enabled."""
+    job = load_job(job_name)
+    n = _parse_int("n", 10)
+    if n is None or not 1 <= n <= MAX_PREVIEW:
+        raise ApiError(f"n must be between 1 and {MAX_PREVIEW}, got {n}")
+    try:
+        timing = timing_for(job)
+    except ScheduleError as exc:
+        raise ApiError(f"the job's schedule does not parse: {exc}", 409) from None
+    zone = timing.schedule.tz if timing else validate_timezone(job.get("timezone", ""))
+    now = int(time.time() * 1000)
+    times = preview(job, now, n)
+
+    def when(ms: int) -> dict[str, Any]:
+        instant = datetime.fromtimestamp(ms / 1000, UTC)
+        return {"utc": format_time(instant), "local": instant.astimezone(zone).isoformat(timespec="milliseconds")}
+
+    body = {
+        "job": job_name,
+        "timezone": zone.key,
+        "disabled": job["disabled"],
+        "jitter": job.get("jitter") or "",
+        "next": [when(ms) for ms in times],
+        # Committed retries and dependent runs waiting for their time (they survive a leader change).
+        "pending": [
+            {"kind": row["kind"], "run_id": row["run_id"], "attempt": row["attempt"], **when(row["not_before_ms"])}
+            for row in followups.pending_for_job(agent().reader.db, job_name)
+        ],
+    }
+    if job.get("parent_job"):
+        wanted = job.get("depends_on_status") or "success"
+        body["note"] = f"runs after its parent job {job['parent_job']} (depends_on_status: {wanted})"
+    return json_response(body)
 
 
 @bp.post("/v1/jobs/<job_name>/toggle")

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, request
 
 from dkron import __version__
 from dkron.api.app import ApiError, agent, json_response
-from dkron.api.jobs import committed, store_errors
+from dkron.api.jobs import _parse_int, committed, store_errors
 
 bp = Blueprint("system", __name__)
 _spec_cache: dict[str, object] = {}
@@ -75,8 +75,17 @@ def members() -> Response:
 
 
 @bp.get("/v1/busy")
+@store_errors
 def busy() -> Response:
+    limit = _parse_int("output_size_limit", None)
     items = sorted(agent().busy(), key=lambda e: e["started_at"] or "")
+    if limit is not None and limit >= 0:  # as on the executions list: keep the tail
+        items = [
+            {**e, "output": e["output"][len(e["output"]) - limit :] if limit else "", "output_truncated": True}
+            if len(e.get("output") or "") > limit
+            else e
+            for e in items
+        ]
     return json_response(items, headers={"X-Total-Count": str(len(items))})
 
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dkron.store import notified, restore
+from dkron.store import followups, notified, restore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -139,6 +139,7 @@ class StateMachine:
         self.db = connect(path)
         self.db.executescript(SCHEMA)
         self.db.executescript(notified.SCHEMA)
+        self.db.executescript(followups.SCHEMA)
         self._lock = threading.Lock()
         self.listeners: list[Callable[[str, dict[str, Any], Any], None]] = []
         self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -153,6 +154,9 @@ class StateMachine:
             "node_left": self._node_left,
             "remove_server": self._remove_server,
             "set_epoch": self._set_epoch,
+            # Retries and dependent runs (store/followups.py).
+            "claim_followups": lambda payload: followups.claim(self.db, payload),
+            "mark_runs": lambda payload: followups.mark_runs(self.db, payload),
             "noop": lambda payload: None,
             "restore_jobs": lambda payload: restore.apply_restore(self, payload),
             "notified": lambda payload: notified.apply_notified(self.db, payload),
@@ -262,6 +266,7 @@ class StateMachine:
             ("job_metadata", "job"),
             ("executions", "job"),
             ("launches", "job"),
+            ("followups", "job"),  # a pending retry must not run for a new job of the same name
         ):
             self.db.execute(f"DELETE FROM {table} WHERE {column}=?", (name,))
         return {"deleted": name}
@@ -334,6 +339,7 @@ class StateMachine:
         keep = payload.get("keep_per_job", 100)
         oldest = payload.get("keep_since")
         touched: set[str] = set()
+        written: list[dict[str, Any]] = []
         for ex in payload["executions"]:
             job = ex["job_name"]
             if not self._job_exists(job):
@@ -370,9 +376,12 @@ class StateMachine:
             if ex.get("run_id"):
                 self.db.execute("UPDATE launches SET started=1 WHERE run_id=? AND started=0", (ex["run_id"],))
             touched.add(job)
-        for job in touched:
+            written.append(ex)
+        # Retries, dependent runs and ephemeral deletion follow from the records just written.
+        follow = followups.after_record(self.db, written, payload.get("now_ms", 0))
+        for job in touched - set(follow["deleted"]):
             self._trim(job, keep, oldest)
-        return {"recorded": len(payload["executions"])}
+        return {"recorded": len(payload["executions"]), **follow}
 
     def _count(self, job: str, ex: dict[str, Any]) -> None:
         status = ex["status"]
