@@ -15,7 +15,10 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
+
+from dkron.store import acl
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -135,7 +138,7 @@ class StateMachine:
     def __init__(self, path: str) -> None:
         self.path = path
         self.db = connect(path)
-        self.db.executescript(SCHEMA)
+        self.db.executescript(SCHEMA + acl.SCHEMA)
         self._lock = threading.Lock()
         self.listeners: list[Callable[[str, dict[str, Any], Any], None]] = []
         self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -152,6 +155,7 @@ class StateMachine:
             "set_epoch": self._set_epoch,
             "noop": lambda payload: None,
         }
+        self._handlers.update({name: partial(handler, self.db) for name, handler in acl.HANDLERS.items()})
 
     # -- bookkeeping -------------------------------------------------------------------------
     def applied_index(self) -> int:
@@ -167,7 +171,8 @@ class StateMachine:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 result: Any = handler(payload) if handler else {"error": f"unknown command {command}"}
-            except ApplyError as exc:
+                acl.record_from_payload(self.db, payload, result)  # the change's audit entry, same transaction
+            except (ApplyError, acl.AclApplyError) as exc:
                 # The refusal is itself the deterministic outcome: record the index, change nothing else.
                 self.db.execute("ROLLBACK")
                 self.db.execute("BEGIN IMMEDIATE")

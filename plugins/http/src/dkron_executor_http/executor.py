@@ -258,6 +258,9 @@ def _fail(message: str) -> ExecutionResult:
 class HttpExecutor:
     """Stateless, so one instance safely serves every execution on the agent concurrently."""
 
+    #: Header values often carry credentials (Authorization, API keys): shown as ******** by the API.
+    secret_keys = frozenset({"headers"})
+
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)
 

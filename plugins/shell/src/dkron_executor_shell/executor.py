@@ -36,6 +36,9 @@ def child_environment(cfg: ShellConfig, request: ExecutionRequest) -> dict[str, 
 class ShellExecutor:
     """Stateless, so one instance safely serves every execution on the agent concurrently."""
 
+    #: ``secret_env`` holds environment variables whose values are secrets (same forms as ``env``).
+    secret_keys = frozenset({"secret_env"})
+
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)
 
