@@ -289,5 +289,5 @@ def test_the_index_says_acls_are_on(secured):
 def test_with_acls_off_the_agent_says_so_loudly(dkron_agent):
     body = dkron_agent.get("/v1").json()
     assert body["acl"]["enabled"] is False and "anyone" in body["acl"]["warning"]
-    assert "ACLS ARE OFF" in dkron_agent.log_path.read_text()
+    assert "ACLs ARE OFF" in dkron_agent.log_path.read_text()
     assert dkron_agent.get("/v1/acl/token/self").json()["accessor"] == "anonymous"
