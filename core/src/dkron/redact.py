@@ -9,6 +9,7 @@ value, so "GET, edit, PUT" does not wipe credentials.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -63,9 +64,22 @@ def secret_values(job: Mapping[str, Any], executors: ExecutorRegistry) -> set[st
     values = set()
     for key in secret_keys(job, executors):
         value = config.get(key)
-        if isinstance(value, str) and len(value) >= MIN_SCANNED_SECRET and value != REDACTED:
-            values.add(value)
-    return values
+        if not isinstance(value, str) or value == REDACTED:
+            continue
+        values.add(value)
+        values.update(_parts(value))  # e.g. each value of shell's secret_env
+    return {value for value in values if len(value) >= MIN_SCANNED_SECRET}
+
+
+def _parts(value: str) -> list[str]:
+    """The values inside a ``{"K": "v"}`` or ``K=v,K2=v2`` secret (the forms of ``env``)."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        return [v for v in parsed.values() if isinstance(v, str)]
+    return [piece.partition("=")[2] for piece in value.split(",") if "=" in piece]
 
 
 def diff_jobs(old: Mapping[str, Any] | None, new: Mapping[str, Any], hidden: Iterable[str] = ()) -> dict[str, Any]:
