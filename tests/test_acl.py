@@ -291,3 +291,26 @@ def test_with_acls_off_the_agent_says_so_loudly(dkron_agent):
     assert body["acl"]["enabled"] is False and "anyone" in body["acl"]["warning"]
     assert "ACLs ARE OFF" in dkron_agent.log_path.read_text()
     assert dkron_agent.get("/v1/acl/token/self").json()["accessor"] == "anonymous"
+
+
+def test_a_ui_page_without_a_token_redirects_to_the_login_page_when_there_is_one():
+    stub = SimpleNamespace(node_name="stub", config={"acl-enabled": True})
+    assert create_app(stub).test_client().get("/ui/").status_code == 401  # no login page: a JSON 401
+    app = create_app(stub)
+    app.add_url_rule("/ui/login", endpoint="ui.login", view_func=lambda: "log in")
+    client = app.test_client()
+    response = client.get("/ui/?page=2")
+    assert response.status_code == 303 and response.headers["Location"].startswith("/ui/login?next=")
+    assert client.get("/ui/login").status_code == 200  # public
+    assert client.get("/v1/jobs").status_code == 401  # the API never redirects
+
+
+def test_audit_retention_keeps_the_newest_entries(agent_factory):
+    agent = agent_factory(extra_args=("--audit-retention-count", "5")).start()
+    for i in range(8):
+        job = shell_job(f"kept-{i}")
+        assert agent.post("/v1/jobs", job).status == 201
+    entries = agent.get("/v1/audit?_end=100")
+    assert entries.headers["X-Total-Count"] == "5"
+    assert [e["target"] for e in entries.json()] == [f"kept-{i}" for i in range(7, 2, -1)]
+    assert all(e["actor"] == "anonymous" for e in entries.json())

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import g, request
+from flask import Response, current_app, g, redirect, request, url_for
 
 from dkron.api.app import ApiError, agent
 from dkron.jobs import format_time
@@ -241,24 +241,40 @@ def authenticate() -> Caller:
     return Caller(record["accessor"], record["name"], record["role"], record["scope"] or {})
 
 
-def authorize() -> None:
+def _login_redirect(exc: ApiError) -> Response | None:
+    """A UI page without a valid token redirects to the UI's login page, when there is one."""
+    endpoint = request.endpoint or ""
+    if exc.status != 401 or not endpoint.startswith("ui.") or "ui.login" not in current_app.view_functions:
+        return None
+    target = request.full_path if request.query_string else request.path
+    return redirect(url_for("ui.login", next=target), code=303)
+
+
+def authorize() -> Response | None:
     """``before_request``: refuse what the caller may not do (401/403 with a JSON body)."""
     if request.method == "OPTIONS":  # CORS preflight / Flask's automatic OPTIONS: runs no view
-        return
+        return None
     policy = policy_for(request.endpoint)
     if request.endpoint is None:
-        return  # no route: Flask answers 404/405 itself
+        return None  # no route: Flask answers 404/405 itself
     if policy is None:
         log.error("no access policy for endpoint %s: refused", request.endpoint)
         raise ApiError(f"no access policy for {request.endpoint}; refused", 403)
     if policy.role is None or not acl_enabled():
-        return
-    who = authenticate()
+        return None
+    try:
+        who = authenticate()
+    except ApiError as exc:
+        login = _login_redirect(exc)
+        if login is not None:
+            return login  # type: ignore[return-value]  # a browser on a UI page goes to the login page
+        raise
     g.dkron_caller = who
     if RANK[who.role] < RANK[policy.role]:
         raise ApiError(f"this needs a {policy.role} token; yours is {who.role}", 403)
     if who.scoped:
         _check_scope(who, policy)
+    return None
 
 
 def _check_scope(who: Caller, policy: Policy) -> None:
