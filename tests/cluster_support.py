@@ -50,11 +50,13 @@ class Http:
         return f"<Http {self.status} {self.body[:300]!r}>"
 
 
-def http(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> Http:
+def http(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0, token: str | None = None) -> Http:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return Http(resp.status, resp.read(), dict(resp.headers))
@@ -104,6 +106,8 @@ class Node:
         self.bootstrap_expect = bootstrap_expect
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
+        #: API token sent with every request of this helper (clusters started with --acl-enabled).
+        self.token: str | None = None
         self.stopped_on_purpose = False  # by kill9/stop (or `dkron leave`): not a crash
         self._descendants: set[int] = set()
 
@@ -158,7 +162,8 @@ class Node:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
         log.write(f"\n===== start {time.strftime('%H:%M:%S')} {' '.join(self.args()[3:])}\n".encode())
         log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # As with dkron.testing's fixtures: each server flags responses holding a job's secret.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DKRON_TEST_SECRET_SCAN": "1"}
         self.stopped_on_purpose = False
         self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -240,7 +245,7 @@ class Node:
 
     # -- HTTP (servers) ------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Http:
-        return http(self.url + path, method, body, timeout)
+        return http(self.url + path, method, body, timeout, token=self.token)
 
     def get(self, path: str, timeout: float = 5.0) -> Http:
         return self.request("GET", path, timeout=timeout)
@@ -335,8 +340,11 @@ class Cluster:
     def __enter__(self) -> Cluster:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.close()
+        leaks = [n.data_dir / "secret-leak.txt" for n in self.servers if (n.data_dir / "secret-leak.txt").exists()]
+        if exc_type is None and leaks:
+            raise AssertionError("a server sent a job's secret value in a response:\n" + leaks[0].read_text())
 
     # -- views ---------------------------------------------------------------------------------
     def live_servers(self) -> list[Node]:
