@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def routes() -> list[tuple[str, str, str]]:
 
 
 def test_every_route_has_an_access_policy():
-    missing = sorted({endpoint for endpoint, _, _ in routes() if auth.policy_for(endpoint) is None})
+    missing = sorted({f"{method} {ep}" for ep, method, _ in routes() if auth.policy_for(ep, method) is None})
     assert not missing, f"routes without an entry in dkron.api.auth.POLICIES (they are refused): {missing}"
 
 
@@ -112,7 +113,7 @@ def call(secured: SimpleNamespace, method: str, path: str, who: str | None, body
 def test_every_route_refuses_missing_wrong_revoked_and_underprivileged_tokens(secured):
     checked = 0
     for endpoint, method, path in routes():
-        policy = auth.policy_for(endpoint)
+        policy = auth.policy_for(endpoint, method)
         assert policy is not None
         if policy.role is None:
             continue
@@ -196,6 +197,42 @@ def test_a_team_token_cannot_touch_another_teams_job(secured):
     # The whole cluster is not a team's to pause.
     assert call(secured, "POST", "/v1/pause", "team-a").status == 403
     assert call(secured, "GET", "/v1/jobs/b-backup", "admin").json()["executor_config"]["command"] == "true"
+
+
+def test_a_multipart_restore_is_checked_against_the_scope_too(secured):
+    assert call(secured, "POST", "/v1/jobs", "team-b", shell_job("b-owned", metadata={"team": "b"})).status == 201
+    boundary = "----dkron-acl-boundary"
+
+    def upload(jobs: list[dict[str, Any]]) -> Any:
+        raw = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="b.json"\r\n'
+                "Content-Type: application/json\r\n\r\n"
+            ).encode()
+            + json.dumps(jobs).encode()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        headers = {**bearer(secured.tokens["team-a"]), "Content-Type": f"multipart/form-data; boundary={boundary}"}
+        return secured.agent.request("POST", "/v1/restore", raw=raw, headers=headers)
+
+    hijack = upload([shell_job("b-owned", "echo pwned", metadata={"team": "b"})])
+    assert hijack.status == 403, hijack
+    assert call(secured, "GET", "/v1/jobs/b-owned", "admin").json()["executor_config"]["command"] == "true"
+    own = upload([shell_job("a-restored", metadata={"team": "a"})])
+    assert own.status == 200 and own.json()["restored"] == 1  # the view still reads the upload
+
+
+def test_a_ui_route_that_changes_something_needs_its_own_policy():
+    app = create_app(SimpleNamespace(node_name="stub", config={"acl-enabled": False}))
+    app.add_url_rule(
+        "/ui/jobs/<job_name>/delete", endpoint="ui.delete_job", view_func=lambda job_name: "deleted", methods=["POST"]
+    )
+    app.add_url_rule("/ui/jobs", endpoint="ui.jobs_page", view_func=lambda: "page")
+    assert auth.policy_for("ui.delete_job", "POST") is None
+    assert auth.policy_for("ui.jobs_page", "GET") == auth.Policy("read")
+    client = app.test_client()
+    assert client.post("/ui/jobs/x/delete").status_code == 403  # refused even with ACLs off
+    assert client.get("/ui/jobs").status_code == 200
 
 
 def test_a_revoked_token_is_refused_from_the_next_request(secured):

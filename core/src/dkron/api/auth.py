@@ -27,7 +27,7 @@ from typing import Any
 
 from flask import Response, current_app, g, redirect, request, url_for
 
-from dkron.api.app import ApiError, agent
+from dkron.api.app import ApiError, agent, read_json
 from dkron.jobs import format_time
 from dkron.store import acl as acl_store
 
@@ -95,14 +95,16 @@ POLICIES: dict[str, Policy] = {
     "acl.revoke_token": Policy("admin"),
     "acl.list_audit": Policy("admin"),
 }
-#: Blueprints whose routes are still being written by others: pages need ``read``, the login
-#: page and static files are public. Any other blueprint must list each endpoint above.
+#: Blueprints whose routes are still being written by others: their pages (GET) need ``read``,
+#: the login page and static files are public. Only pages: a UI route that changes something
+#: (POST, PUT, ...) must be listed in POLICIES with its role, or it is refused. Any other
+#: blueprint must list each endpoint above.
 BLUEPRINT_DEFAULTS: dict[str, Policy] = {"ui": Policy("read")}
 PUBLIC_SUFFIXES = ("static", "login", "logout")
 
 
-def policy_for(endpoint: str | None) -> Policy | None:
-    """The policy of ``endpoint``, or None if it has none (then the request is refused)."""
+def policy_for(endpoint: str | None, method: str = "GET") -> Policy | None:
+    """The policy of ``endpoint`` for ``method``, or None if it has none (then it is refused)."""
     if endpoint is None:
         return None
     if endpoint in POLICIES:
@@ -110,6 +112,8 @@ def policy_for(endpoint: str | None) -> Policy | None:
     blueprint, _, view = endpoint.rpartition(".")
     if endpoint == "static" or (blueprint in BLUEPRINT_DEFAULTS and view.startswith(PUBLIC_SUFFIXES)):
         return PUBLIC
+    if method.upper() not in SAFE_METHODS:
+        return None
     return BLUEPRINT_DEFAULTS.get(blueprint)
 
 
@@ -254,7 +258,7 @@ def authorize() -> Response | None:
     """``before_request``: refuse what the caller may not do (401/403 with a JSON body)."""
     if request.method == "OPTIONS":  # CORS preflight / Flask's automatic OPTIONS: runs no view
         return None
-    policy = policy_for(request.endpoint)
+    policy = policy_for(request.endpoint, request.method)
     if request.endpoint is None:
         return None  # no route: Flask answers 404/405 itself
     if policy is None:
@@ -285,12 +289,11 @@ def _check_scope(who: Caller, policy: Policy) -> None:
         name = (request.view_args or {}).get("job_name", "")
         _check_job_name(who, name)
     if scope in ("body", "job+body"):
-        from dkron.api.app import read_json
+        from dkron.api.jobs import _restore_payload
 
-        try:
-            body = read_json()
-        except ApiError:
-            return  # the view answers the malformed body with its own 400
+        # The same parsing as the view (a restore may be a multipart upload): a body this check
+        # cannot read is refused here rather than passed on unchecked.
+        body = _restore_payload() if request.endpoint == "jobs.restore" else read_json()
         items = body if isinstance(body, list) else [body]
         for item in items:
             if not isinstance(item, dict):

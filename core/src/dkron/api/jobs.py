@@ -250,6 +250,7 @@ def toggle_job(job_name: str) -> Response:
 def _restore_payload() -> Any:
     upload = request.files.get("file")
     if upload is not None:
+        upload.stream.seek(0)  # read twice: by the access check of a scoped token, then here
         try:
             return json.loads(upload.read())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
