@@ -67,8 +67,10 @@ def fuzz_operation(
 @pytest.mark.timeout(240)
 def test_the_api_survives_fuzzing_and_matches_its_document(dkron_agent):
     # A few jobs, so that generated names sometimes hit real ones and lists are not empty.
+    # One carries a secret: every fuzzed answer is also scanned for it (dkron.api.leakcheck).
     for name in ("a", "fuzz", "0"):
-        job = {"name": name, "schedule": "@every 1h", "executor": "shell", "executor_config": {"command": "true"}}
+        config = {"command": "true", "secret_env": f"TOKEN=fuzz-canary-{name}-secret"}
+        job = {"name": name, "schedule": "@every 1h", "executor": "shell", "executor_config": config}
         assert dkron_agent.post("/v1/jobs", job).status == 201
     schema = schemathesis.openapi.from_url(dkron_agent.url + "/v1/openapi.json")
     counts: dict[str, int] = {}

@@ -399,7 +399,8 @@ def test_real_answers_conform_to_the_document(tagged_agent, spec):
         "schedule": "@every 1h",
         "timezone": "Europe/Madrid",
         "executor": "shell",
-        "executor_config": {"command": "echo hello", "timeout": "10s"},
+        # A secret: every answer of this walk through the API is scanned for it (dkron.api.leakcheck).
+        "executor_config": {"command": "echo hello", "timeout": "10s", "secret_env": "DB_PASSWORD=openapi-canary-1"},
         "tags": {"role": "x"},
         "metadata": {"team": "a"},
         "processors": {"log": {"forward": True}},
