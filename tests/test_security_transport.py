@@ -125,6 +125,14 @@ def test_grpc_mtls_admits_only_certificates_of_the_cluster_ca(tmp_path):
         assert names == {"node1", "good-agent"}, f"an agent without a cluster certificate joined: {names}"
         evil_log = (tmp_path / "evil-agent.log").read_text()
         assert "registered with" not in evil_log, evil_log[-2000:]
+        # The operator CLI speaks the same mutual TLS.
+        cli = [sys.executable, "-m", "dkron.cli", "raft", "list-peers", "--rpc-addr", rpc]
+        good = subprocess.run(
+            [*cli, *tls_args(cluster_ca, cluster_ca, "cli")], capture_output=True, text=True, timeout=30
+        )
+        assert good.returncode == 0 and "node1" in good.stdout, good.stderr
+        bad = subprocess.run([*cli, *tls_args(cluster_ca, other_ca, "cli")], capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 1 and "node1" not in bad.stdout
     finally:
         for proc in agents:
             proc.terminate()
