@@ -88,14 +88,23 @@ def test_there_is_no_debug_endpoint(dkron_agent):
         assert dkron_agent.get(path).status == 404
 
 
-def test_the_suite_wide_guard_flags_a_response_with_a_secret(dkron_agent, tmp_path):
-    """The guard itself: a job that prints its secret makes the execution output contain it."""
+def test_a_job_that_prints_its_secret_shows_it_masked(dkron_agent, tmp_path):
     job = secret_job("echoes-secret", tmp_path / "y")
-    job["executor_config"]["command"] = 'sh -c \'printf "%s" "$API_TOKEN"\''
+    job["executor_config"]["command"] = "sh -c 'echo \"token is $API_TOKEN.\"'"
     assert dkron_agent.post("/v1/jobs", job).status == 201
     execution = dkron_agent.post("/v1/jobs/echoes-secret/run").json()["execution_id"]
-    dkron_agent.wait_for(
-        lambda: dkron_agent.get(f"/v1/jobs/echoes-secret/executions/{execution}").json()["status"] == "success"
+    done = dkron_agent.wait_for(
+        lambda: (
+            (e := dkron_agent.get(f"/v1/jobs/echoes-secret/executions/{execution}").json())["status"] == "success" and e
+        )
     )
+    assert done["output"] == "token is " + "*" * len(SECRET) + ".\n"
+
+
+def test_the_suite_wide_guard_flags_a_response_with_a_secret(dkron_agent):
+    """The guard itself: a secret value copied into a field that is not secret is flagged."""
+    job = secret_job("copies-secret", Path("/nonexistent"))
+    job["metadata"] = {"note": SECRET}  # the user's mistake; the scan catches it wherever it appears
+    assert dkron_agent.post("/v1/jobs", job).status == 201
     assert "SECRET LEAK" in dkron_agent.secret_leaks()
     (dkron_agent.data_dir / "secret-leak.txt").unlink()  # expected here: do not fail this test at teardown

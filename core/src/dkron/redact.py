@@ -19,6 +19,7 @@ REDACTED = "********"
 #: Values shorter than this are not worth scanning for (the suite-wide leak check would match
 #: them by chance in unrelated text).
 MIN_SCANNED_SECRET = 6
+MIN_MASKED_SECRET = 4
 
 
 def secret_keys(job: Mapping[str, Any], executors: ExecutorRegistry) -> frozenset[str]:
@@ -58,8 +59,10 @@ def keep_stored_secrets(payload: Any, stored: Mapping[str, Any] | None, executor
             config[key] = stored_config[key]
 
 
-def secret_values(job: Mapping[str, Any], executors: ExecutorRegistry) -> set[str]:
-    """The secret values of ``job`` worth scanning for (see :data:`MIN_SCANNED_SECRET`)."""
+def secret_values(
+    job: Mapping[str, Any], executors: ExecutorRegistry, min_length: int = MIN_SCANNED_SECRET
+) -> set[str]:
+    """The secret values of ``job`` (each at least ``min_length`` characters long)."""
     config = job.get("executor_config") or {}
     values = set()
     for key in secret_keys(job, executors):
@@ -68,7 +71,16 @@ def secret_values(job: Mapping[str, Any], executors: ExecutorRegistry) -> set[st
             continue
         values.add(value)
         values.update(_parts(value))  # e.g. each value of shell's secret_env
-    return {value for value in values if len(value) >= MIN_SCANNED_SECRET}
+    return {value for value in values if len(value) >= min_length}
+
+
+def output_masks(job: Mapping[str, Any], executors: ExecutorRegistry) -> tuple[bytes, ...]:
+    """What to mask in the job's output: a job that prints a secret does not publish it.
+
+    Longest first (a secret containing another is masked whole). Values shorter than
+    :data:`MIN_MASKED_SECRET` are left alone: masking ``"abc"`` would garble ordinary output."""
+    values = secret_values(job, executors, min_length=MIN_MASKED_SECRET)
+    return tuple(sorted((value.encode("utf-8", "surrogatepass") for value in values), key=len, reverse=True))
 
 
 def _parts(value: str) -> list[str]:
