@@ -271,14 +271,25 @@ def authorize() -> Response | None:
     except ApiError as exc:
         login = _login_redirect(exc)
         if login is not None:
-            return login  # type: ignore[return-value]  # a browser on a UI page goes to the login page
+            return login  # a browser on a UI page goes to the login page
+        _log_refusal(exc, "-")
         raise
     g.dkron_caller = who
-    if RANK[who.role] < RANK[policy.role]:
-        raise ApiError(f"this needs a {policy.role} token; yours is {who.role}", 403)
-    if who.scoped:
-        _check_scope(who, policy)
+    try:
+        if RANK[who.role] < RANK[policy.role]:
+            raise ApiError(f"this needs a {policy.role} token; yours is {who.role}", 403)
+        if who.scoped:
+            _check_scope(who, policy)
+    except ApiError as exc:
+        _log_refusal(exc, f"{who.name or who.accessor} ({who.accessor})")
+        raise
     return None
+
+
+def _log_refusal(exc: ApiError, who: str) -> None:
+    # Refusals are not changes (not in the audit log) but an operator wants to see them.
+    if exc.status in (401, 403):
+        log.warning("refused %s %s from %s, token %s: %s", request.method, request.path, request.remote_addr, who, exc)
 
 
 def _check_scope(who: Caller, policy: Policy) -> None:
