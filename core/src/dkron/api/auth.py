@@ -230,6 +230,17 @@ def _check_origin() -> None:
         raise ApiError("cross-site request refused: send the token in a header for API calls", 403)
 
 
+def token_caller(secret: str) -> Caller | None:
+    """The valid (known, not revoked) token ``secret`` as a :class:`Caller`, else None.
+
+    For the UI's login page: check the token, then set it as the ``dkron_token`` cookie with
+    ``HttpOnly``, ``SameSite=Strict`` and, over HTTPS, ``Secure``."""
+    record = acl_store.token_by_hash(agent().reader.db, hash_secret(secret))
+    if record is None or record["revoked_at"]:
+        return None
+    return Caller(record["accessor"], record["name"], record["role"], record["scope"] or {})
+
+
 def authenticate() -> Caller:
     secret, source = _presented_token()
     if secret is None:
