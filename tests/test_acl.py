@@ -126,6 +126,10 @@ def test_every_route_refuses_missing_wrong_revoked_and_underprivileged_tokens(se
         ]
         below = [role for role in auth.ROLES if auth.RANK[role] < auth.RANK[policy.role]]
         attempts += [(f"{role} token", bearer(secured.tokens[role]), 403) for role in below]
+        # A team's write token: out of scope for another job (here no-such-job, outside a-*),
+        # and never allowed to change the whole cluster.
+        if policy.scope in ("job", "job+body", "body") or (policy.scope == "cluster" and policy.role != "read"):
+            attempts.append(("out-of-scope team token", bearer(secured.tokens["team-a"]), 403))
         for what, headers, expected in attempts:
             response = secured.agent.request(
                 method, path, {} if method in ("POST", "PUT", "PATCH") else None, headers=headers
@@ -336,8 +340,10 @@ def test_a_ui_page_without_a_token_redirects_to_the_login_page_when_there_is_one
     app = create_app(stub)
     app.add_url_rule("/ui/login", endpoint="ui.login", view_func=lambda: "log in")
     client = app.test_client()
-    response = client.get("/ui/?page=2")
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    response = client.get("/ui/?page=2", headers=browser)
     assert response.status_code == 303 and response.headers["Location"].startswith("/ui/login?next=")
+    assert client.get("/ui/").status_code == 401  # not a browser: the JSON answer
     assert client.get("/ui/login").status_code == 200  # public
     assert client.get("/v1/jobs").status_code == 401  # the API never redirects
 

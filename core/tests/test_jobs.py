@@ -375,7 +375,6 @@ def test_text_fields_have_a_length_limit(field, limit):
     assert err.field == field and str(limit) in str(err)
 
 
-
 @pytest.mark.parametrize("policy", ["latest", "none", "all"])
 def test_catchup_policies_are_accepted(policy):
     assert validate(catchup=policy)["catchup"] == policy

@@ -257,9 +257,12 @@ def authenticate() -> Caller:
 
 
 def _login_redirect(exc: ApiError) -> Response | None:
-    """A UI page without a valid token redirects to the UI's login page, when there is one."""
+    """A browser (``Accept: text/html``) on a UI page without a valid token is sent to the UI's
+    login page, when there is one; other clients get the JSON 401."""
     endpoint = request.endpoint or ""
     if exc.status != 401 or not endpoint.startswith("ui.") or "ui.login" not in current_app.view_functions:
+        return None
+    if "text/html" not in request.headers.get("Accept", ""):
         return None
     target = request.full_path if request.query_string else request.path
     return redirect(url_for("ui.login", next=target), code=303)
