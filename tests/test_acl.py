@@ -357,3 +357,12 @@ def test_audit_retention_keeps_the_newest_entries(agent_factory):
     assert entries.headers["X-Total-Count"] == "5"
     assert [e["target"] for e in entries.json()] == [f"kept-{i}" for i in range(7, 2, -1)]
     assert all(e["actor"] == "anonymous" for e in entries.json())
+
+
+def test_a_server_restarted_without_acls_after_bootstrap_says_it_answers_everyone(agent_factory, tmp_path):
+    first = agent_factory(tmp_path / "data", extra_args=("--acl-enabled",)).start()
+    assert first.post("/v1/acl/bootstrap").status == 201
+    first.stop()
+    again = agent_factory(tmp_path / "data", raft_port=first.raft_port).start()
+    assert "this server runs without --acl-enabled" in again.log_path.read_text()
+    assert again.get("/v1").json()["acl"]["enabled"] is False

@@ -223,8 +223,10 @@ class Agent:
 
     def _start_http(self) -> None:
         from dkron.api.app import create_app
+        from dkron.api.auth import warn_if_unprotected
         from dkron.api.server import create_http_server
 
+        warn_if_unprotected(self)
         self.http_server = create_http_server(create_app(self), self.config)
         threading.Thread(target=self.http_server.run, name="http", daemon=True).start()
 

@@ -344,6 +344,15 @@ def visible(jobs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [job for job in jobs if not who.scoped or who.allows(job)]
 
 
+def warn_if_unprotected(node: Any) -> None:
+    """At start: ACLs were bootstrapped in this cluster, yet this server runs without them."""
+    if not node.config.get("acl-enabled") and acl_store.bootstrapped(node.reader.db):
+        log.error(
+            "ACL tokens exist in this cluster (bootstrapped) but this server runs without --acl-enabled: "
+            "it answers everyone; start it with --acl-enabled like the others"
+        )
+
+
 # -- audit -----------------------------------------------------------------------------------
 
 
