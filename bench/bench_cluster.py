@@ -109,7 +109,7 @@ TAGS = {"pool": "web:1"}
 # helpers
 # ----------------------------------------------------------------------------------------------
 def start_cluster(base: Path, server_args: Sequence[str] = ()) -> tuple[LocalCluster, Node]:
-    cluster = LocalCluster(base, server_args=list(server_args))
+    cluster = LocalCluster(base, server_args=list(server_args), secret_scan=False)
     t0 = time.monotonic()
     try:
         cluster.start(timeout=180)

@@ -401,7 +401,8 @@ def test_real_answers_conform_to_the_document(tagged_agent, spec):
         "schedule": "@every 1h",
         "timezone": "Europe/Madrid",
         "executor": "shell",
-        "executor_config": {"command": "echo hello", "timeout": "10s"},
+        # A secret: every answer of this walk through the API is scanned for it (dkron.api.leakcheck).
+        "executor_config": {"command": "echo hello", "timeout": "10s", "secret_env": "DB_PASSWORD=openapi-canary-1"},
         "tags": {"role": "x"},
         "metadata": {"team": "a"},
         "processors": {"log": {"forward": True}},
@@ -488,6 +489,21 @@ def test_real_answers_conform_to_the_document(tagged_agent, spec):
     assert call("post", "/v1/restore", {"not": "a list"})[0] == 400
     for name in ["child", "child2", "sleeper", "parent"]:
         assert call("delete", f"/v1/jobs/{name}")[0] == 200
+
+    status, token, _ = call("post", "/v1/acl/bootstrap")
+    assert status == 201 and token["secret"].startswith("dkr_") and token["role"] == "admin"
+    assert call("post", "/v1/acl/bootstrap")[0] == 409
+    assert call("get", "/v1/acl/token/self")[1]["acl_enabled"] is False
+    status, token, _ = call("post", "/v1/acl/tokens", {"name": "ci", "role": "run", "scope": {"jobs": "ci-*"}})
+    assert status == 201
+    assert call("post", "/v1/acl/tokens", {"role": "root"})[0] == 400
+    assert len(call("get", "/v1/acl/tokens")[1]) == 2
+    assert call("get", f"/v1/acl/tokens/{token['accessor']}")[1]["scope"] == {"jobs": "ci-*"}
+    assert call("delete", f"/v1/acl/tokens/{token['accessor']}")[1]["revoked_at"]
+    assert call("get", "/v1/acl/tokens/nope")[0] == 404
+    status, entries, _ = call("get", "/v1/audit?action=job.*&_end=5")
+    assert status == 200 and len(entries) == 5 and all(e["action"].startswith("job.") for e in entries)
+    assert call("get", "/v1/audit?since=yesterday")[0] == 400
 
     assert call.no_redirect("get", "/")[0] == 303
     assert call.no_redirect("get", "/ui/")[0] == 200

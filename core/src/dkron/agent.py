@@ -24,8 +24,7 @@ from dkron.cluster.cluster_service import ClusterServicer, LeaveServicer
 from dkron.cluster.dispatch import ClusterPlacement
 from dkron.cluster.node import Cluster
 from dkron.cluster.reaper import Reaper
-from dkron.cluster.security import identity_for
-from dkron.config import split_addr
+from dkron.cluster.security import identity_from_config
 from dkron.jobs import format_time
 from dkron.ledger import RunLedger
 from dkron.metrics import Metrics
@@ -64,8 +63,9 @@ class Agent:
         self._stopped = threading.Event()
         self._done = threading.Event()
         self._paused_submissions = False
-        #: Mutual-TLS identity for gRPC, derived from the cluster key (None: plaintext, loopback only).
-        self.identity = identity_for(config["encrypt"]) if config["encrypt"] else None
+        #: Mutual-TLS identity for gRPC: CA-issued (--grpc-tls-*) or derived from the cluster key
+        #: (--encrypt); None: plaintext, loopback only.
+        self.identity = identity_from_config(config)
 
     # -- start -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -250,20 +250,12 @@ class Agent:
             log.warning("could not record the registration of %s: %s", name, exc)
 
     def _start_http(self) -> None:
-        from waitress.server import create_server
-
         from dkron.api.app import create_app
+        from dkron.api.auth import warn_if_unprotected
+        from dkron.api.server import create_http_server
 
-        host, port = split_addr(self.config["http-addr"], "http-addr")
-        self.http_server = create_server(
-            create_app(self),
-            host=host,
-            port=port,
-            threads=16,
-            ident="dkron",
-            channel_timeout=60,
-            clear_untrusted_proxy_headers=True,
-        )
+        warn_if_unprotected(self)
+        self.http_server = create_http_server(create_app(self), self.config)
         threading.Thread(target=self.http_server.run, name="http", daemon=True).start()
 
     def _on_applied(self, command: str, payload: dict[str, Any], result: Any) -> None:

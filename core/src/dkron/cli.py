@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dkron import __version__, cli_cluster, cli_jobs
+from dkron import __version__, cli_acl, cli_cluster, cli_jobs
 from dkron.config import OPTIONS, ConfigError, env_name, resolve
 
 log = logging.getLogger("dkron")
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--all", action="store_true", help="(kept for compatibility; every plugin is listed)")
     cli_cluster.add_parsers(sub)
     cli_jobs.add_parsers(sub)
+    cli_acl.add_parsers(sub)
     return parser
 
 
@@ -104,7 +105,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     setup_logging(config["log-level"], config["log-json"])
     from dkron.agent import Agent
 
-    agent = Agent(config)
+    try:
+        agent = Agent(config)
+    except ValueError as exc:  # unusable TLS files or key
+        print(f"dkron agent: {exc}", file=sys.stderr)
+        return 2
     for name, info in agent.plugins.infos.items():
         if info.error:
             log.error("plugin %s is not available: %s", name, info.error)
@@ -114,7 +119,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"dkron agent: cannot start: {exc}", file=sys.stderr)
         return 1
     if config["server"]:  # only servers serve the HTTP API
-        log.warning("ACLs are off: anyone who can reach %s can create jobs that run commands", config["http-addr"])
+        warn_security(config)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -134,6 +139,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
     while agent.raft is not None and agent.raft.tick_thread_alive():
         time.sleep(0.05)
     return 0
+
+
+def warn_security(config: dict[str, Any]) -> None:
+    if not config["acl-enabled"]:
+        log.warning(
+            "ACLs ARE OFF: anyone who can reach %s can create jobs that run commands on this cluster; "
+            "start with --acl-enabled after 'dkron acl bootstrap' (docs/security.md)",
+            config["http-addr"],
+        )
+    elif not (config["encrypt"] or config["grpc-tls-ca"]):
+        log.warning(
+            "ACLs are on but gRPC/Raft are not authenticated (no --encrypt): local users can reach the "
+            "cluster ports directly; set --encrypt with a key from 'dkron keygen'"
+        )
+    if not config["http-tls-cert"]:
+        log.info("the HTTP API is plain HTTP: tokens cross the network in clear unless --http-tls-cert is set")
 
 
 def cmd_plugins() -> int:
@@ -160,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_cluster.run(args)
     if args.command == "jobs":
         return cli_jobs.run(args)
+    if args.command in ("acl", "audit"):
+        return cli_acl.run(args)
     parser.print_help(sys.stderr)
     return 2
 

@@ -13,10 +13,18 @@ import grpc
 from google.protobuf import empty_pb2
 
 from dkron.cluster.channels import open_channel
-from dkron.cluster.security import identity_for
+from dkron.cluster.security import ClusterKeyError, identity_from_config
 from dkron.proto import cluster_pb2, cluster_pb2_grpc
 
 DEFAULT_RPC_ADDR = "127.0.0.1:6868"
+
+
+def _tls_flags(parser: argparse.ArgumentParser) -> None:
+    """CA-based mutual TLS (the agents' --grpc-tls-* options), instead of --encrypt."""
+    for name in ("ca", "cert", "key", "server-name"):
+        option = f"grpc-tls-{name}"
+        env = "DKRON_" + option.upper().replace("-", "_")
+        parser.add_argument(f"--{option}", default=os.environ.get(env, ""), help=f"as the agent's --{option}")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -24,19 +32,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     leave.add_argument("--encrypt", default=os.environ.get("DKRON_ENCRYPT", ""), help="the cluster key, if set")
     leave.add_argument("--rpc-addr", default=DEFAULT_RPC_ADDR, help="gRPC address of the node to stop")
     leave.add_argument("--node-name", default="", help="name of the node (default: the one at --rpc-addr)")
+    _tls_flags(leave)
     raft = sub.add_parser("raft", help="Raft operations on the servers")
     raft_sub = raft.add_subparsers(dest="raft_command", metavar="COMMAND")
     peers = raft_sub.add_parser("list-peers", help="list the Raft peers as a server sees them")
     peers.add_argument("--encrypt", default=os.environ.get("DKRON_ENCRYPT", ""), help="the cluster key, if set")
     peers.add_argument("--rpc-addr", default=DEFAULT_RPC_ADDR, help="gRPC address of a server")
+    _tls_flags(peers)
     remove = raft_sub.add_parser("remove-peer", help="remove a (dead) server from the Raft configuration")
     remove.add_argument("--encrypt", default=os.environ.get("DKRON_ENCRYPT", ""), help="the cluster key, if set")
     remove.add_argument("--rpc-addr", default=DEFAULT_RPC_ADDR, help="gRPC address of a server")
     remove.add_argument("--peer-id", required=True, help="node name or Raft address of the server to remove")
+    _tls_flags(remove)
 
 
 def _stub(args: argparse.Namespace) -> cluster_pb2_grpc.ClusterServiceStub:
-    identity = identity_for(args.encrypt) if args.encrypt else None
+    identity = identity_from_config({k.replace("_", "-"): v for k, v in vars(args).items()})
     return cluster_pb2_grpc.ClusterServiceStub(open_channel(args.rpc_addr, identity))
 
 
@@ -46,6 +57,14 @@ def _fail(command: str, exc: grpc.RpcError) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ClusterKeyError as exc:
+        print(f"dkron {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "leave":
         return _leave(args)
     if args.raft_command == "list-peers":

@@ -73,6 +73,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("tag", "tags", {}, "node tag key=value used to target jobs (repeatable)"),
     Option("encrypt", "str", "", "cluster key from 'dkron keygen': encrypts and authenticates server traffic"),
     Option("insecure-bind", "bool", False, "allow binding Raft/gRPC beyond loopback without --encrypt"),
+    # Security (docs/security.md).
+    Option("acl-enabled", "bool", False, "require API tokens (create the first with 'dkron acl bootstrap')"),
+    Option("audit-retention-count", "int", 100_000, "audit log entries kept (oldest dropped first)"),
+    Option("audit-retention-age", "str", "", "drop audit entries older than this (e.g. 2160h); empty = keep"),
+    Option("http-tls-cert", "str", "", "PEM certificate (chain) to serve the HTTP API over HTTPS"),
+    Option("http-tls-key", "str", "", "PEM private key of --http-tls-cert"),
+    Option("grpc-tls-ca", "str", "", "PEM CA bundle: gRPC peers must present a certificate it signed (mTLS)"),
+    Option("grpc-tls-cert", "str", "", "PEM certificate this node presents on gRPC (signed by --grpc-tls-ca)"),
+    Option("grpc-tls-key", "str", "", "PEM private key of --grpc-tls-cert"),
+    Option("grpc-tls-server-name", "str", "", "name to verify in servers' certificates (default: the host)"),
+    Option("cors-allowed-origins", "list", [], "origins allowed to call the API from a browser (default: none)"),
+    Option("max-header-bytes", "int", 65_536, "largest request line plus headers the HTTP API accepts"),
     Option("log-level", "str", "info", "debug, info, warn or error"),
     Option("log-json", "bool", False, "write logs as JSON lines"),
     Option("log-format", "str", "text", "text or json (json = log-json: one JSON object per line)"),
@@ -272,6 +284,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     split_addr(config["http-addr"], "http-addr")
+    _validate_security(config)
     if config["encrypt"]:
         from dkron.cluster.security import ClusterKeyError, decode_key
 
@@ -279,10 +292,34 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             decode_key(config["encrypt"])
         except ClusterKeyError as exc:
             raise ConfigError(str(exc)) from None
-    if not _is_loopback(config["bind-addr"]) and not config["encrypt"] and not config["insecure-bind"]:
+    # Raft (servers) is protected only by --encrypt; an agent's gRPC may use --grpc-tls-* instead.
+    grpc_authenticated = bool(config["encrypt"] or (config["grpc-tls-ca"] and not config["server"]))
+    if not _is_loopback(config["bind-addr"]) and not grpc_authenticated and not config["insecure-bind"]:
         raise ConfigError(
             f"bind-addr {config['bind-addr']} is not a loopback address: cluster traffic would be "
             "unauthenticated (anyone reaching the Raft port could run code). Set --encrypt with a key "
             "from 'dkron keygen', or pass --insecure-bind to accept the risk."
         )
     return config
+
+
+def _readable(config: dict[str, Any], name: str) -> None:
+    path = config[name]
+    if path and not os.access(path, os.R_OK):
+        raise ConfigError(f"{name}: cannot read {path}")
+
+
+def _validate_security(config: dict[str, Any]) -> None:
+    if config["audit-retention-count"] < 0:
+        raise ConfigError("audit-retention-count: must be >= 0 (0 = keep every entry)")
+    age = config["audit-retention-age"]
+    config["audit-retention-age-seconds"] = parse_duration(age, "audit-retention-age") if age else 0.0
+    if bool(config["http-tls-cert"]) != bool(config["http-tls-key"]):
+        raise ConfigError("http-tls-cert and http-tls-key go together: set both or neither")
+    tls = ("grpc-tls-ca", "grpc-tls-cert", "grpc-tls-key")
+    if any(config[name] for name in tls) and not all(config[name] for name in tls):
+        raise ConfigError("grpc-tls-ca, grpc-tls-cert and grpc-tls-key go together: set all three or none")
+    for name in ("http-tls-cert", "http-tls-key", *tls):
+        _readable(config, name)
+    if config["max-header-bytes"] < 4096:
+        raise ConfigError("max-header-bytes: must be >= 4096")

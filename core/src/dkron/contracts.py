@@ -181,14 +181,21 @@ class _Registry:
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self._items: dict[str, Any] = {}
         self._owners: dict[str, str] = {}
+        self._secret_keys: dict[str, frozenset[str]] = {}
         #: The agent's configuration (option name -> value, e.g. ``settings["mail-host"]``), for
         #: plugins that need agent-wide settings such as SMTP. Empty outside an agent.
         self.settings: Mapping[str, Any] = dict(settings or {})
         #: Set by the plugin manager while a given plugin's hook runs, for attribution.
         self.current_plugin: str = ""
 
-    def add(self, name: str, item: Any) -> None:
-        """Register ``item`` under ``name``. A class is instantiated once, with no arguments."""
+    def add(self, name: str, item: Any, *, secret_keys: Any = None) -> None:
+        """Register ``item`` under ``name``. A class is instantiated once, with no arguments.
+
+        ``secret_keys`` names the config keys whose values are secrets (passwords, tokens): the
+        API, the audit log and notifications show them as ``********``. Without the argument, an
+        optional ``secret_keys`` attribute of the item is used (so plugins that declare it still
+        load on older cores, which ignore it).
+        """
         if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
             raise RegistrationError(f"{self.kind} name must be a non-empty word, got {name!r}")
         if name in self._items:
@@ -198,6 +205,14 @@ class _Registry:
             raise RegistrationError(f"{self.kind} {name!r} does not implement {self.protocol.__name__}")
         self._items[name] = instance
         self._owners[name] = self.current_plugin
+        declared = secret_keys if secret_keys is not None else getattr(instance, "secret_keys", ())
+        if isinstance(declared, str) or not all(isinstance(key, str) for key in declared):
+            raise RegistrationError(f"{self.kind} {name!r}: secret_keys must be a collection of key names")
+        self._secret_keys[name] = frozenset(declared)
+
+    def secret_keys(self, name: str) -> frozenset[str]:
+        """The config keys of ``name`` whose values must never be shown."""
+        return self._secret_keys.get(name, frozenset())
 
     def get(self, name: str) -> Any | None:
         return self._items.get(name)
@@ -216,6 +231,7 @@ class _Registry:
         for name in [n for n, owner in self._owners.items() if owner == plugin]:
             del self._items[name]
             del self._owners[name]
+            self._secret_keys.pop(name, None)
 
 
 class ExecutorRegistry(_Registry):

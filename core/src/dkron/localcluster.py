@@ -46,11 +46,13 @@ DEFAULT_AGENTS = {"a1": {"pool": "web", "zone": "a"}, "a2": {"pool": "web", "zon
 Http = HttpResult
 
 
-def http(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> Http:
+def http(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0, token: str | None = None) -> Http:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return Http(resp.status, resp.read(), dict(resp.headers))
@@ -123,6 +125,8 @@ class Node:
         self.proc: subprocess.Popen[bytes] | None = None
         self.frozen = False
         self.starts = 0
+        #: API token sent with every request of this helper (clusters started with --acl-enabled).
+        self.token: str | None = None
         self.stopped_on_purpose = False  # by kill9/stop (or `dkron leave`): not a crash
         #: How the last stop() went: {"rc", "seconds", "graceful"}.
         self.last_stop: dict[str, Any] = {}
@@ -258,7 +262,7 @@ class Node:
 
     # -- HTTP (servers) ------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Http:
-        return http(self.url + path, method, body, timeout)
+        return http(self.url + path, method, body, timeout, token=self.token)
 
     def get(self, path: str, timeout: float = 5.0) -> Http:
         return self.request("GET", path, timeout=timeout)
@@ -294,8 +298,13 @@ class LocalCluster:
         agent_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         server_env: Mapping[str, str] | None = None,
+        secret_scan: bool = True,
     ) -> None:
         base.mkdir(parents=True, exist_ok=True)
+        if secret_scan:
+            # As with dkron.testing's fixtures: each server flags responses holding a job's secret
+            # (checked when the cluster closes). Benchmarks turn it off.
+            env = {**(env or {}), "DKRON_TEST_SECRET_SCAN": "1"}
         self.base = base
         self.servers = [
             Node(
@@ -373,8 +382,11 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.close()
+        leaks = [n.data_dir / "secret-leak.txt" for n in self.servers if (n.data_dir / "secret-leak.txt").exists()]
+        if exc_type is None and leaks:
+            raise AssertionError("a server sent a job's secret value in a response:\n" + leaks[0].read_text())
 
     # -- views ---------------------------------------------------------------------------------
     def live_servers(self) -> list[Node]:

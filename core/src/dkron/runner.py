@@ -29,6 +29,7 @@ from dkron.contracts import (
 from dkron.jobs import format_time
 from dkron.ledger import RunLedger
 from dkron.logcontext import run_context
+from dkron.redact import output_masks
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,11 @@ class RunSpec:
 class TailBuffer:
     """Keeps the last ``cap`` bytes of output and counts all of it. Thread-safe."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, masks: tuple[bytes, ...] = ()) -> None:
         self.cap = cap
+        #: Secret values to show as ``*`` of the same length (same length: readers that stream the
+        #: tail count bytes against ``total``).
+        self.masks = masks
         self._data = bytearray()
         self.total = 0
         self._lock = threading.Lock()
@@ -73,7 +77,10 @@ class TailBuffer:
 
     def text(self) -> str:
         with self._lock:
-            return self._data.decode("utf-8", "replace")
+            data = bytes(self._data)
+        for secret in self.masks:
+            data = data.replace(secret, b"*" * len(secret))
+        return data.decode("utf-8", "replace")
 
 
 Report = Callable[[dict[str, Any]], None]
@@ -134,7 +141,8 @@ class Runner:
                 return "stopping"
             if not self.ledger.claim(f"{spec.run_id}#{spec.attempt}"):
                 return "duplicate"
-            running = Running(spec, _now(), TailBuffer(self.max_output_bytes), report or self._record)
+            masks = output_masks(spec.job, self.executors)
+            running = Running(spec, _now(), TailBuffer(self.max_output_bytes, masks), report or self._record)
             self._running[(spec.job["name"], spec.execution_id)] = running
         running.report(self._event(running, "running"))
         self._pool.submit(self._run, running)

@@ -38,6 +38,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -107,6 +108,7 @@ class AgentProcess:
         http_port: int | None = None,
         raft_port: int | None = None,
         command: Sequence[str] | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.node_name = node_name
@@ -117,13 +119,21 @@ class AgentProcess:
         #: run the agent of another environment.
         self.command = tuple(command or (sys.executable, "-m", "dkron.cli"))
         # The test's environment plus ``env``; a value of None removes that variable.
-        self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+        # Every agent started here flags responses that contain a job's secret value (see
+        # dkron.api.leakcheck); the fixture fails the test at teardown if one did.
+        self.env = {
+            k: v for k, v in {**os.environ, "DKRON_TEST_SECRET_SCAN": "1", **(env or {})}.items() if v is not None
+        }
+        #: With ``ca_file`` the agent serves HTTPS (pass --http-tls-cert/--http-tls-key in extra_args).
+        self.ca_file = ca_file
+        #: Sent as ``Authorization: Bearer`` by :meth:`request` when set (ACL tests).
+        self.token: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{node_name}.log"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.http_port}"
 
     def start(self, wait: float = 30.0) -> AgentProcess:
         args = [
@@ -183,8 +193,11 @@ class AgentProcess:
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         if data is not None and "Content-Type" not in (headers or {}):
             req.add_header("Content-Type", "application/json")
+        if self.token and not any(h.lower() in ("authorization", "x-dkron-token") for h in headers or {}):
+            req.add_header("Authorization", f"Bearer {self.token}")
+        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
                 return HttpResult(resp.status, resp.read(), dict(resp.headers))
         except urllib.error.HTTPError as err:
             return HttpResult(err.code, err.read(), dict(err.headers))
@@ -218,6 +231,13 @@ class AgentProcess:
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def secret_leaks(self) -> str:
+        """What the agent flagged as responses containing a job's secret value ("" if none)."""
+        try:
+            return (self.data_dir / "secret-leak.txt").read_text(errors="replace")
+        except OSError:
+            return ""
+
 
 @pytest.fixture
 def agent_factory(tmp_path: Path) -> Iterator[Any]:
@@ -231,6 +251,9 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
     yield make
     for agent in started:
         agent.stop(timeout=10)
+    leaks = "".join(agent.secret_leaks() for agent in started)
+    if leaks:
+        pytest.fail(f"an agent sent a job's secret value in a response:\n{leaks}")
 
 
 @pytest.fixture

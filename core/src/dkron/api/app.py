@@ -37,18 +37,32 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def create_app(node: Agent) -> Flask:
-    from dkron.api import executions, jobs, metrics, preview, stream, system, ui
+    from dkron.api import acl, auth, executions, jobs, leakcheck, metrics, preview, stream, system, ui
 
     app = Flask(__name__, static_folder=None)
     app.config["DKRON_AGENT"] = node
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    for blueprint in (system.bp, jobs.bp, executions.bp, preview.bp, stream.bp, ui.bp, metrics.bp):
+    for blueprint in (system.bp, jobs.bp, executions.bp, preview.bp, stream.bp, ui.bp, metrics.bp, acl.bp):
         app.register_blueprint(blueprint)
+    app.before_request(auth.authorize)  # every route: token, role and job scope (api/auth.py)
+    allowed_origins = set(getattr(node, "config", {}).get("cors-allowed-origins") or ())
+    scanner = leakcheck.SecretScanner(node) if leakcheck.enabled() else None
 
     @app.after_request
     def _whom(response: Response) -> Response:
         response.headers["X-Whom"] = node.node_name
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        origin = request.headers.get("Origin")
+        # CORS is off unless origins are configured: browsers then refuse other sites' reads.
+        if origin and ("*" in allowed_origins or origin in allowed_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, X-Dkron-Token, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
+            response.headers["Access-Control-Expose-Headers"] = "X-Total-Count, Location"
+        if scanner is not None:
+            scanner.check(response)
         return response
 
     @app.errorhandler(ApiError)
@@ -61,6 +75,7 @@ def create_app(node: Agent) -> Flask:
             404: f"not found: {request.path}",
             405: f"method {request.method} is not allowed on {request.path}",
             413: f"request body too large (limit {MAX_BODY_BYTES} bytes)",
+            431: "request headers too large",
         }
         response = json_response({"error": messages.get(exc.code or 500, exc.description)}, exc.code or 500)
         if exc.code == 405 and getattr(exc, "valid_methods", None):

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from dkron.api import auth
 from dkron.api.app import ApiError, agent, json_response
 from dkron.api.jobs import _parse_int, _parse_order, committed, load_job, public, store_errors
 
@@ -43,7 +44,7 @@ def list_executions(job_name: str) -> Response:
 @store_errors
 def delete_executions(job_name: str) -> Response:
     load_job(job_name)
-    committed("delete_executions", {"name": job_name})
+    committed("delete_executions", {"name": job_name, "_audit": auth.audit_entry("executions.delete", job_name)})
     return json_response(public(load_job(job_name)))
 
 
@@ -72,4 +73,5 @@ def kill_execution(job_name: str, execution_id: str) -> Response:
         committed("mark_runs", {"runs": [run], "now_ms": int(time.time() * 1000)})
     if running is None or not node.kill(job_name, execution_id, "killed through the API"):
         raise ApiError(f"execution {execution_id} of job {job_name} is not running", 404)
+    auth.audit("execution.kill", job_name, {"execution_id": execution_id})
     return json_response({"killed": True, "id": execution_id, "job_name": job_name}, 202)

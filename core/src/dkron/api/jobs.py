@@ -12,9 +12,11 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from dkron.api import auth
 from dkron.api.app import ApiError, agent, json_response, read_json
 from dkron.cluster.node import ForwardError
 from dkron.jobs import JobValidationError, format_time, parse_time, validate_job
+from dkron.redact import PlaceholderError, diff_jobs, keep_stored_secrets, redact_job
 from dkron.schedule import ScheduleError, validate_timezone
 from dkron.scheduler import RunRefused
 from dkron.store import followups
@@ -27,7 +29,8 @@ MAX_QUERY_INT = 2**63 - 1
 
 
 def public(job: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in job.items() if not k.startswith("_")}
+    """A job as users see it: no internal fields, secret config values redacted."""
+    return redact_job({k: v for k, v in job.items() if not k.startswith("_")}, agent().plugins.executors)
 
 
 def store_errors(handler: Callable[..., Response]) -> Callable[..., Response]:
@@ -118,7 +121,14 @@ def list_jobs() -> Response:
         start=_parse_int("_start", 0) or 0,
         end=_parse_int("_end", None),
     )
-    jobs, total = agent().reader.list_jobs(query)
+    if auth.caller().scoped:  # a team's token sees only its jobs: filter, then page
+        start, end = query.start, query.end
+        query.start, query.end = 0, None
+        jobs = auth.visible(agent().reader.list_jobs(query)[0])
+        total = len(jobs)
+        jobs = jobs[start:end]
+    else:
+        jobs, total = agent().reader.list_jobs(query)
     return json_response([public(job) for job in jobs], headers={"X-Total-Count": str(total)})
 
 
@@ -130,24 +140,42 @@ def _save_job(payload: Any, path_name: str | None = None) -> Response:
         payload.setdefault("name", path_name)
         if payload["name"] != path_name:
             raise ApiError(f"the job name in the body ({payload['name']!r}) differs from the URL ({path_name!r})")
+    name = payload.get("name") if isinstance(payload, dict) else None
+    existing = node.reader.get_job(name, with_children=False) if isinstance(name, str) and name else None
+    try:
+        keep_stored_secrets(payload, existing, node.plugins.executors)  # "********" keeps the stored secret
+    except PlaceholderError as exc:
+        raise ApiError(str(exc), field="executor_config") from None
     try:
         job = validate_job(payload, executors=node.plugins.executors, processors=node.plugins.processors)
     except JobValidationError as exc:
         raise ApiError(f"job validation failed: {exc}", exc.status, field=exc.field) from None
-    existing = node.reader.get_job(job["name"], with_children=False)
     now = datetime.now(UTC)
     reschedule = existing is None or any(
         existing.get(key) != job[key] for key in ("schedule", "timezone", "starts_at", "disabled")
     )
+    shown = public(job)
+    entry = (
+        auth.audit_entry("job.create", job["name"], {"job": shown})
+        if existing is None
+        else auth.audit_entry("job.update", job["name"], {"changes": diff_jobs(public(existing), shown)})
+    )
     committed(
         "put_job",
-        {"job": job, "now": format_time(now), "next": next_run(job, now), "reset_schedule": reschedule},
+        {
+            "job": job,
+            "now": format_time(now),
+            "next": next_run(job, now),
+            "reset_schedule": reschedule,
+            "_audit": entry,
+        },
     )
     stored = load_job(job["name"])
     body = public(stored)
     if "runoncreate" in request.args:
         try:
             body.update(node.run_now(stored))
+            auth.audit("job.run", job["name"], {"execution_id": body.get("execution_id"), "runoncreate": True})
         except RunRefused as exc:  # the job is saved; only the immediate run was refused
             raise ApiError(f"job {job['name']} was saved but not run: {exc}", 409) from None
     location = f"/v1/jobs/{job['name']}"
@@ -176,7 +204,7 @@ def get_job(job_name: str) -> Response:
 @store_errors
 def delete_job(job_name: str) -> Response:
     job = load_job(job_name)
-    committed("delete_job", {"name": job_name})
+    committed("delete_job", {"name": job_name, "_audit": auth.audit_entry("job.delete", job_name)})
     return json_response(public(job))
 
 
@@ -197,6 +225,7 @@ def run_job(job_name: str) -> Response:
     # the runner, through the recorder's batches). Wait briefly for it, so that the Location answered
     # below resolves at once instead of a 404.
     execution_id = started["execution_id"]
+    auth.audit("job.run", job_name, {"execution_id": execution_id})
     deadline = time.monotonic() + 1.0
     while node.reader.get_execution(job_name, execution_id) is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -265,13 +294,17 @@ def toggle_job(job_name: str) -> Response:
     disabled = not job["disabled"]
     now = datetime.now(UTC)
     nxt = next_run({**job, "disabled": disabled}, now)
-    committed("set_disabled", {"name": job_name, "disabled": disabled, "now": format_time(now), "next": nxt})
+    entry = auth.audit_entry("job.toggle", job_name, {"disabled": disabled})
+    committed(
+        "set_disabled", {"name": job_name, "disabled": disabled, "now": format_time(now), "next": nxt, "_audit": entry}
+    )
     return json_response(public(load_job(job_name)), headers={"Location": f"/v1/jobs/{job_name}"})
 
 
 def _restore_payload() -> Any:
     upload = request.files.get("file")
     if upload is not None:
+        upload.stream.seek(0)  # read twice: by the access check of a scoped token, then here
         try:
             return json.loads(upload.read())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -292,6 +325,13 @@ def restore() -> Response:
     jobs: dict[str, dict[str, Any]] = {}
     by_name: dict[str, dict[str, Any]] = {}
     for index, item in enumerate(payload):
+        stored = (
+            node.reader.get_job(item["name"]) if isinstance(item, dict) and isinstance(item.get("name"), str) else None
+        )
+        try:
+            keep_stored_secrets(item, stored, node.plugins.executors)
+        except PlaceholderError as exc:
+            raise ApiError(f"job #{index}: {exc}", field="executor_config") from None
         try:
             job = validate_job(item, executors=node.plugins.executors, processors=node.plugins.processors)
         except JobValidationError as exc:
@@ -327,7 +367,8 @@ def restore() -> Response:
         {"job": jobs[name], "next": next_run(jobs[name], now), "counters": _backup_counters(by_name[name])}
         for name in order
     ]
-    result = committed("restore_jobs", {"jobs": entries, "now": format_time(now)})
+    audit = auth.audit_entry("job.restore", ",".join(order)[:200], {"jobs": list(order)})
+    result = committed("restore_jobs", {"jobs": entries, "now": format_time(now), "_audit": audit})
     return json_response({"restored": len(entries), "jobs": result["jobs"]})
 
 

@@ -9,6 +9,7 @@ import yaml
 from flask import Blueprint, Response, request
 
 from dkron import __version__
+from dkron.api import auth
 from dkron.api.app import ApiError, agent, json_response
 from dkron.api.jobs import _parse_int, committed, store_errors
 
@@ -43,10 +44,14 @@ def index() -> Response:
             "agent": {"name": node.node_name, "version": __version__, "server": node.config["server"]},
             "tags": node.config["tag"],
             "raft": raft,
-            "acl": {
-                "enabled": False,
-                "warning": "ACLs are off: anyone who can reach this API can run commands on the cluster",
-            },
+            "acl": (
+                {"enabled": True}
+                if auth.acl_enabled()
+                else {
+                    "enabled": False,
+                    "warning": "ACLs are off: anyone who can reach this API can run commands on the cluster",
+                }
+            ),
             "scheduling_paused": node.scheduler.paused,
         }
     )
@@ -79,6 +84,11 @@ def members() -> Response:
 def busy() -> Response:
     limit = _parse_int("output_size_limit", None)
     items = sorted(agent().busy(), key=lambda e: e["started_at"] or "")
+    if auth.caller().scoped:
+        reader = agent().reader
+        items = [
+            e for e in items if (job := reader.get_job(e["job_name"], with_children=False)) and auth.visible([job])
+        ]
     if limit is not None and limit >= 0:  # as on the executions list: keep the tail
         items = [
             {**e, "output": e["output"][len(e["output"]) - limit :] if limit else "", "output_truncated": True}
@@ -104,8 +114,12 @@ def _set_pause(paused: bool) -> Response:
     scheduling cluster-wide, replicated so it survives restarts and leader changes."""
     node = agent()
     node.set_submissions_paused(paused)
+    action = "pause" if paused else "unpause"
     if request.args.get("scheduling", "").lower() in ("1", "true"):
-        committed("set_meta", {"key": "scheduling_paused", "value": paused})
+        entry = auth.audit_entry(f"cluster.{action}", "", {"scheduling": True, "node": node.node_name})
+        committed("set_meta", {"key": "scheduling_paused", "value": paused, "_audit": entry})
+    else:
+        auth.audit(f"node.{action}", node.node_name, {"submissions": True})
     return json_response(_pause_state())
 
 
@@ -124,6 +138,7 @@ def unpause() -> Response:
 @bp.post("/v1/leave")
 def leave() -> Response:
     node = agent()
+    auth.audit("node.leave", node.node_name)
     # Answer first, then stop gracefully in the background (running executions may finish).
     # Not a daemon (it would inherit that from the HTTP worker thread): the process must not exit
     # before the graceful stop has finished.

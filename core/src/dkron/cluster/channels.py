@@ -6,7 +6,7 @@ import threading
 
 import grpc
 
-from dkron.cluster.security import CLUSTER_NAME, Identity
+from dkron.cluster.security import Identity
 from dkron.proto import agent_pb2_grpc, cluster_pb2_grpc
 
 #: Options for every channel: fail fast on a dead peer instead of waiting minutes.
@@ -50,5 +50,7 @@ class Channels:
 def open_channel(addr: str, identity: Identity | None) -> grpc.Channel:
     if identity is None:
         return grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-    options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", CLUSTER_NAME)]
+    options = list(CHANNEL_OPTIONS)
+    if identity.server_name:  # key-derived: every node is CLUSTER_NAME; CA-issued: as configured
+        options.append(("grpc.ssl_target_name_override", identity.server_name))
     return grpc.secure_channel(addr, identity.channel_credentials(), options=options)

@@ -26,6 +26,7 @@ from dkron.cluster.channels import Channels
 from dkron.cluster.cluster_service import _iso
 from dkron.cluster.membership import Membership
 from dkron.jobs import format_time
+from dkron.redact import output_masks
 from dkron.runner import Runner, RunSpec, TailBuffer
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class ClusterPlacement:
             self._remote[key] = {
                 "spec": spec,
                 "node": node.name,
-                "output": TailBuffer(self.max_output_bytes),
+                # Masked here too: a secret split across two streamed chunks is whole again here.
+                "output": TailBuffer(self.max_output_bytes, output_masks(spec.job, self.runner.executors)),
                 "started_at": None,
             }
         self._pool.submit(self._stream, spec, node.rpc_addr, key)

@@ -35,18 +35,60 @@ class ClusterKeyError(ValueError):
 
 @dataclass(frozen=True)
 class Identity:
+    """This node's gRPC key and certificate, and whom it trusts.
+
+    Key-derived (``--encrypt``): the trust root is the shared certificate itself. From files
+    (``--grpc-tls-ca/cert/key``): peers must present a certificate signed by ``ca_pem``; servers
+    require one from every client, so a node with a certificate from another CA cannot register.
+    """
+
     key_pem: bytes
     cert_pem: bytes
+    ca_pem: bytes | None = None
+    #: The name clients verify in the server's certificate (None: the host of the address).
+    server_name: str | None = CLUSTER_NAME
+
+    @property
+    def trust(self) -> bytes:
+        return self.ca_pem or self.cert_pem
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(
-            [(self.key_pem, self.cert_pem)], root_certificates=self.cert_pem, require_client_auth=True
+            [(self.key_pem, self.cert_pem)], root_certificates=self.trust, require_client_auth=True
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
-            root_certificates=self.cert_pem, private_key=self.key_pem, certificate_chain=self.cert_pem
+            root_certificates=self.trust, private_key=self.key_pem, certificate_chain=self.cert_pem
         )
+
+
+def identity_from_files(ca: str, cert: str, key: str, server_name: str = "") -> Identity:
+    """The ``--grpc-tls-*`` identity (files are read once, at start)."""
+    try:
+        with open(ca, "rb") as f_ca, open(cert, "rb") as f_cert, open(key, "rb") as f_key:
+            ca_pem, cert_pem, key_pem = f_ca.read(), f_cert.read(), f_key.read()
+    except OSError as exc:
+        raise ClusterKeyError(f"grpc-tls: cannot read {exc.filename}: {exc.strerror}") from None
+    try:
+        x509.load_pem_x509_certificates(ca_pem)
+        x509.load_pem_x509_certificate(cert_pem)
+        serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ClusterKeyError(f"grpc-tls: not a usable PEM certificate or unencrypted key: {exc}") from None
+    return Identity(key_pem, cert_pem, ca_pem=ca_pem, server_name=server_name or None)
+
+
+def identity_from_config(config: dict) -> Identity | None:
+    """``--grpc-tls-*`` when given (CA-based mTLS), else the ``--encrypt`` key-derived one, else None."""
+    if config.get("grpc-tls-ca"):
+        return identity_from_files(
+            config["grpc-tls-ca"],
+            config["grpc-tls-cert"],
+            config["grpc-tls-key"],
+            config.get("grpc-tls-server-name", ""),
+        )
+    return identity_for(config["encrypt"]) if config.get("encrypt") else None
 
 
 def decode_key(key: str) -> bytes:

@@ -15,9 +15,10 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from dkron.store import followups, notified, restore
+from dkron.store import acl, followups, notified, restore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -137,7 +138,7 @@ class StateMachine:
     def __init__(self, path: str) -> None:
         self.path = path
         self.db = connect(path)
-        self.db.executescript(SCHEMA)
+        self.db.executescript(SCHEMA + acl.SCHEMA)
         self.db.executescript(notified.SCHEMA)
         self.db.executescript(followups.SCHEMA)
         self._lock = threading.Lock()
@@ -161,6 +162,7 @@ class StateMachine:
             "restore_jobs": lambda payload: restore.apply_restore(self, payload),
             "notified": lambda payload: notified.apply_notified(self.db, payload),
         }
+        self._handlers.update({name: partial(handler, self.db) for name, handler in acl.HANDLERS.items()})
 
     # -- bookkeeping -------------------------------------------------------------------------
     @property
@@ -181,7 +183,8 @@ class StateMachine:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 result: Any = handler(payload) if handler else {"error": f"unknown command {command}"}
-            except ApplyError as exc:
+                acl.record_from_payload(self.db, payload, result)  # the change's audit entry, same transaction
+            except (ApplyError, acl.AclApplyError) as exc:
                 # The refusal is itself the deterministic outcome: record the index, change nothing else.
                 self.db.execute("ROLLBACK")
                 self.db.execute("BEGIN IMMEDIATE")

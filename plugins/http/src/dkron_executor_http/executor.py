@@ -260,6 +260,8 @@ class HttpExecutor:
 
     #: The config's fields, for forms such as the web UI's job editor.
     config_schema = CONFIG_SCHEMA
+    #: Header values often carry credentials (Authorization, API keys): shown as ******** by the API.
+    secret_keys = frozenset({"headers"})
 
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)

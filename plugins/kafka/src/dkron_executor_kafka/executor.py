@@ -33,6 +33,9 @@ def _key_text(cfg: KafkaConfig) -> str:
 class KafkaExecutor:
     """Stateless (a producer per execution), so one instance serves every execution concurrently."""
 
+    #: Shown as ******** by the API, the audit log and notifications.
+    secret_keys = frozenset({"saslPassword"})
+
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)
 

@@ -33,6 +33,9 @@ def _auth_hint(reason: str, cfg: NatsConfig, server: Server) -> str:
 class NatsExecutor:
     """Stateless, so one instance safely serves every execution on the agent concurrently."""
 
+    #: Credentials: shown as ******** by the API, the audit log and notifications.
+    secret_keys = frozenset({"password", "token"})
+
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)
 

@@ -173,6 +173,9 @@ class _Publish:
 class RabbitMQExecutor:
     """Stateless; one instance serves every execution on the agent concurrently."""
 
+    #: The AMQP URL carries the user and password: shown as ******** by the API.
+    secret_keys = frozenset({"url"})
+
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)
 

@@ -30,7 +30,9 @@ __all__ = [
     "validate_config",
 ]
 
-KNOWN_KEYS = frozenset({"command", "shell", "env", "cwd", "timeout", "mem_limit", "payload", "success_codes"})
+KNOWN_KEYS = frozenset(
+    {"command", "shell", "env", "secret_env", "cwd", "timeout", "mem_limit", "payload", "success_codes"}
+)
 
 #: The config's fields as forms show them (validation stays in ``validate_config``).
 CONFIG_SCHEMA = (
@@ -200,7 +202,8 @@ def _build(config: Mapping[str, str]) -> ShellConfig:
     return ShellConfig(
         argv=argv,
         command=command,
-        env=parse_env(config.get("env", "")),
+        # secret_env: same forms as env, applied after it; its values are redacted by the API.
+        env=parse_env(config.get("env", "")) + parse_env(config.get("secret_env", "")),
         cwd=cwd,
         timeout=parse_duration(timeout_text) if timeout_text else None,
         timeout_text=timeout_text,
@@ -229,7 +232,7 @@ def validate_config(config: Mapping[str, str]) -> dict[str, str]:
     _build(config)
     normalised: dict[str, str] = {}
     for key, value in config.items():
-        if key in ("command", "env", "payload"):
+        if key in ("command", "env", "secret_env", "payload"):
             normalised[key] = value  # leading/trailing spaces may be meaningful here
         elif key == "shell":
             normalised[key] = "true" if pluginkit.parse_bool(value, "shell") else "false"

@@ -38,6 +38,8 @@ class ShellExecutor:
 
     #: The config's fields, for forms such as the web UI's job editor.
     config_schema = CONFIG_SCHEMA
+    #: ``secret_env`` holds environment variables whose values are secrets (same forms as ``env``).
+    secret_keys = frozenset({"secret_env"})
 
     def validate(self, config: Mapping[str, str]) -> dict[str, str]:
         return validate_config(config)

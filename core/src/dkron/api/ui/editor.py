@@ -69,7 +69,7 @@ def new_job() -> Page:
         source = agent().reader.get_job(copy, with_children=False)
         if source is None:
             return not_found(f"There is no job named {copy!r} to copy.")
-        job = {**_editable(source), "name": f"{copy}-copy"}
+        job = {**_editable(public(source)), "name": f"{copy}-copy"}
     return _editor(job, "new")
 
 
@@ -78,4 +78,5 @@ def edit_job(job_name: str) -> Page:
     job = agent().reader.get_job(job_name, with_children=False)
     if job is None:
         return not_found(f"There is no job named {job_name!r}.")
-    return _editor({**NEW_JOB, **_editable(job)}, "edit")
+    # Secrets stay ********; saving sends the placeholder back and the server keeps the stored value.
+    return _editor({**NEW_JOB, **_editable(public(job))}, "edit")

@@ -112,6 +112,7 @@ def job_page(job_name: str) -> Page:
     job = node.reader.get_job(job_name)
     if job is None:
         return not_found(f"There is no job named {job_name!r}.")
+    job = public(job)  # secret config values shown as ********
     number = _int_arg("page", 1, 1, 10**6)
     executions, total = node.reader.list_executions(
         job_name,
