@@ -232,3 +232,36 @@ def test_services_and_package() -> None:
     ]
     assert callable(cluster_pb2_grpc.ClusterServiceStub)
     assert callable(cluster_pb2_grpc.add_ClusterServiceServicer_to_server)
+
+
+def test_a_run_keeps_its_group_and_kind_on_the_wire_and_in_a_delivered_result():
+    from dkron.cluster.agent_service import request_from_spec, spec_from_request
+    from dkron.cluster.cluster_service import record_from_done
+    from dkron.cluster.delivery import done_request
+    from dkron.runner import RunSpec
+
+    spec = RunSpec(
+        job={"name": "j", "executor": "shell", "executor_config": {"command": "true"}},
+        run_id="j@1",
+        execution_id="123-a1",
+        node_name="a1",
+        scheduled_ms=1000,
+        attempt=2,
+        group=123,
+        kind="retry",
+    )
+    received = spec_from_request(request_from_spec(spec), "a1")
+    assert (received.group, received.kind, received.attempt) == (123, "retry", 2)
+    record = {
+        "id": "123-a1",
+        "job_name": "j",
+        "run_id": "j@1",
+        "attempt": 2,
+        "group": 123,
+        "kind": "retry",
+        "status": "success",
+        "success": True,
+        "finished_at": "2026-11-30T00:00:01.000Z",
+    }
+    stored = record_from_done(done_request(record, "a1"))
+    assert (stored["group"], stored["kind"], stored["attempt"]) == (123, "retry", 2)

@@ -40,6 +40,8 @@ def spec_from_request(request: agent_pb2.AgentRunRequest, node_name: str) -> Run
         node_name=node_name,
         scheduled_ms=request.scheduled_at_ms,
         attempt=request.attempt or 1,
+        group=request.group,
+        kind=request.kind or "scheduled",
     )
 
 
@@ -57,6 +59,8 @@ def request_from_spec(spec: RunSpec) -> agent_pb2.AgentRunRequest:
         execution_id=spec.execution_id,
         attempt=spec.attempt,
         scheduled_at_ms=spec.scheduled_ms,
+        group=spec.group,
+        kind=spec.kind,
     )
 
 

@@ -53,6 +53,8 @@ def record_from_done(req: cluster_pb2.ExecutionDoneRequest) -> dict[str, Any]:
         "output": req.output_tail.decode("utf-8", "replace"),
         "output_truncated": req.output_truncated,
         "output_bytes": req.output_bytes_total,
+        "group": req.group,
+        "kind": req.kind or "scheduled",
     }
 
 

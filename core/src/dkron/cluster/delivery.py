@@ -29,6 +29,8 @@ def done_request(record: dict[str, Any], node_name: str) -> cluster_pb2.Executio
         output_tail=(record.get("output") or "").encode("utf-8", "replace"),
         output_truncated=bool(record.get("output_truncated")),
         output_bytes_total=int(record.get("output_bytes") or 0),
+        group=int(record.get("group") or 0),
+        kind=record.get("kind") or "",
     )
     if record.get("exit_code") is not None:
         request.exit_code = int(record["exit_code"])

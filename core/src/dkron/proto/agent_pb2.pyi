@@ -57,20 +57,24 @@ class ProcessorConfig(_message.Message):
     def __init__(self, config: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AgentRunRequest(_message.Message):
-    __slots__ = ("job", "run_id", "execution_id", "attempt", "scheduled_at_ms", "timeout_ms")
+    __slots__ = ("job", "run_id", "execution_id", "attempt", "scheduled_at_ms", "timeout_ms", "group", "kind")
     JOB_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     job: JobSpec
     run_id: str
     execution_id: str
     attempt: int
     scheduled_at_ms: int
     timeout_ms: int
-    def __init__(self, job: _Optional[_Union[JobSpec, _Mapping]] = ..., run_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., attempt: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    group: int
+    kind: str
+    def __init__(self, job: _Optional[_Union[JobSpec, _Mapping]] = ..., run_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., attempt: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., group: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class AgentRunEvent(_message.Message):
     __slots__ = ("started", "output", "finished")

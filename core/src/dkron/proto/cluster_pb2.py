@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64kron/proto/cluster.proto\x12\x08\x64kron.v1\x1a\x1bgoogle/protobuf/empty.proto\"\xcd\x01\n\x0fRegisterRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08rpc_addr\x18\x02 \x01(\t\x12\x31\n\x04tags\x18\x03 \x03(\x0b\x32#.dkron.v1.RegisterRequest.TagsEntry\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tis_server\x18\x05 \x01(\x08\x12\x11\n\traft_addr\x18\x06 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x10RegisterResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x13\n\x0bleader_addr\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12%\n\x07servers\x18\x05 \x03(\x0b\x32\x14.dkron.v1.ServerInfo\"\x9b\x01\n\x10HeartbeatRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x1d\n\x15running_execution_ids\x18\x02 \x03(\t\x12 \n\x04load\x18\x03 \x01(\x0b\x32\x12.dkron.v1.LoadInfo\x12\x33\n\x13unconfirmed_results\x18\x04 \x03(\x0b\x32\x16.dkron.v1.ExecutionRef\"6\n\x0c\x45xecutionRef\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"O\n\x08LoadInfo\x12\x13\n\x0bload_avg_1m\x18\x01 \x01(\x01\x12\x11\n\tcpu_count\x18\x02 \x01(\r\x12\x1b\n\x13mem_available_bytes\x18\x03 \x01(\x04\"\x86\x01\n\x11HeartbeatResponse\x12\x13\n\x0bleader_addr\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12\x31\n\x11\x63ommitted_results\x18\x04 \x03(\x0b\x32\x16.dkron.v1.ExecutionRef\"\xcb\x02\n\x14\x45xecutionDoneRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x17\n\x0fscheduled_at_ms\x18\x06 \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x08 \x01(\x03\x12\x0f\n\x07success\x18\t \x01(\x08\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x16\n\texit_code\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0boutput_tail\x18\x0c \x01(\x0c\x12\x18\n\x10output_truncated\x18\r \x01(\x08\x12\x1a\n\x12output_bytes_total\x18\x0e \x01(\x03\x42\x0c\n\n_exit_code\")\n\x03\x41\x63k\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\x0cLeaveRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\".\n\tRaftPeers\x12!\n\x05peers\x18\x01 \x03(\x0b\x32\x12.dkron.v1.RaftPeer\"]\n\x08RaftPeer\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\r\n\x05voter\x18\x04 \x01(\x08\x12\x0e\n\x06status\x18\x05 \x01(\t\"E\n\x11RemovePeerRequest\x12\x11\n\x07\x61\x64\x64ress\x18\x01 \x01(\tH\x00\x12\x13\n\tnode_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"P\n\x13\x46orwardWriteRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x14\n\x0cpayload_json\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"[\n\x14\x46orwardWriteResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x13\n\x0bresult_json\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0bhttp_status\x18\x04 \x01(\x05\"D\n\nServerInfo\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08rpc_addr\x18\x02 \x01(\t\x12\x11\n\traft_addr\x18\x03 \x01(\t\".\n\x11\x46\x65tchStateRequest\x12\x19\n\x11min_applied_index\x18\x01 \x01(\x03\"F\n\nStateChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x32\x97\x04\n\x0e\x43lusterService\x12\x41\n\x08Register\x12\x19.dkron.v1.RegisterRequest\x1a\x1a.dkron.v1.RegisterResponse\x12\x44\n\tHeartbeat\x12\x1a.dkron.v1.HeartbeatRequest\x1a\x1b.dkron.v1.HeartbeatResponse\x12>\n\rExecutionDone\x12\x1e.dkron.v1.ExecutionDoneRequest\x1a\r.dkron.v1.Ack\x12.\n\x05Leave\x12\x16.dkron.v1.LeaveRequest\x1a\r.dkron.v1.Ack\x12<\n\rRaftListPeers\x12\x16.google.protobuf.Empty\x1a\x13.dkron.v1.RaftPeers\x12<\n\x0eRaftRemovePeer\x12\x1b.dkron.v1.RemovePeerRequest\x1a\r.dkron.v1.Ack\x12M\n\x0c\x46orwardWrite\x12\x1d.dkron.v1.ForwardWriteRequest\x1a\x1e.dkron.v1.ForwardWriteResponse\x12\x41\n\nFetchState\x12\x1b.dkron.v1.FetchStateRequest\x1a\x14.dkron.v1.StateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64kron/proto/cluster.proto\x12\x08\x64kron.v1\x1a\x1bgoogle/protobuf/empty.proto\"\xcd\x01\n\x0fRegisterRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08rpc_addr\x18\x02 \x01(\t\x12\x31\n\x04tags\x18\x03 \x03(\x0b\x32#.dkron.v1.RegisterRequest.TagsEntry\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tis_server\x18\x05 \x01(\x08\x12\x11\n\traft_addr\x18\x06 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x10RegisterResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x13\n\x0bleader_addr\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12%\n\x07servers\x18\x05 \x03(\x0b\x32\x14.dkron.v1.ServerInfo\"\x9b\x01\n\x10HeartbeatRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x1d\n\x15running_execution_ids\x18\x02 \x03(\t\x12 \n\x04load\x18\x03 \x01(\x0b\x32\x12.dkron.v1.LoadInfo\x12\x33\n\x13unconfirmed_results\x18\x04 \x03(\x0b\x32\x16.dkron.v1.ExecutionRef\"6\n\x0c\x45xecutionRef\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"O\n\x08LoadInfo\x12\x13\n\x0bload_avg_1m\x18\x01 \x01(\x01\x12\x11\n\tcpu_count\x18\x02 \x01(\r\x12\x1b\n\x13mem_available_bytes\x18\x03 \x01(\x04\"\x86\x01\n\x11HeartbeatResponse\x12\x13\n\x0bleader_addr\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12\x31\n\x11\x63ommitted_results\x18\x04 \x03(\x0b\x32\x16.dkron.v1.ExecutionRef\"\xe8\x02\n\x14\x45xecutionDoneRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x17\n\x0fscheduled_at_ms\x18\x06 \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x08 \x01(\x03\x12\x0f\n\x07success\x18\t \x01(\x08\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x16\n\texit_code\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0boutput_tail\x18\x0c \x01(\x0c\x12\x18\n\x10output_truncated\x18\r \x01(\x08\x12\x1a\n\x12output_bytes_total\x18\x0e \x01(\x03\x12\r\n\x05group\x18\x0f \x01(\x03\x12\x0c\n\x04kind\x18\x10 \x01(\tB\x0c\n\n_exit_code\")\n\x03\x41\x63k\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\x0cLeaveRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\".\n\tRaftPeers\x12!\n\x05peers\x18\x01 \x03(\x0b\x32\x12.dkron.v1.RaftPeer\"]\n\x08RaftPeer\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\x08\x12\r\n\x05voter\x18\x04 \x01(\x08\x12\x0e\n\x06status\x18\x05 \x01(\t\"E\n\x11RemovePeerRequest\x12\x11\n\x07\x61\x64\x64ress\x18\x01 \x01(\tH\x00\x12\x13\n\tnode_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"P\n\x13\x46orwardWriteRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x14\n\x0cpayload_json\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"[\n\x14\x46orwardWriteResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x13\n\x0bresult_json\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0bhttp_status\x18\x04 \x01(\x05\"D\n\nServerInfo\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08rpc_addr\x18\x02 \x01(\t\x12\x11\n\traft_addr\x18\x03 \x01(\t\".\n\x11\x46\x65tchStateRequest\x12\x19\n\x11min_applied_index\x18\x01 \x01(\x03\"F\n\nStateChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x32\x97\x04\n\x0e\x43lusterService\x12\x41\n\x08Register\x12\x19.dkron.v1.RegisterRequest\x1a\x1a.dkron.v1.RegisterResponse\x12\x44\n\tHeartbeat\x12\x1a.dkron.v1.HeartbeatRequest\x1a\x1b.dkron.v1.HeartbeatResponse\x12>\n\rExecutionDone\x12\x1e.dkron.v1.ExecutionDoneRequest\x1a\r.dkron.v1.Ack\x12.\n\x05Leave\x12\x16.dkron.v1.LeaveRequest\x1a\r.dkron.v1.Ack\x12<\n\rRaftListPeers\x12\x16.google.protobuf.Empty\x1a\x13.dkron.v1.RaftPeers\x12<\n\x0eRaftRemovePeer\x12\x1b.dkron.v1.RemovePeerRequest\x1a\r.dkron.v1.Ack\x12M\n\x0c\x46orwardWrite\x12\x1d.dkron.v1.ForwardWriteRequest\x1a\x1e.dkron.v1.ForwardWriteResponse\x12\x41\n\nFetchState\x12\x1b.dkron.v1.FetchStateRequest\x1a\x14.dkron.v1.StateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,27 +50,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATRESPONSE']._serialized_start=719
   _globals['_HEARTBEATRESPONSE']._serialized_end=853
   _globals['_EXECUTIONDONEREQUEST']._serialized_start=856
-  _globals['_EXECUTIONDONEREQUEST']._serialized_end=1187
-  _globals['_ACK']._serialized_start=1189
-  _globals['_ACK']._serialized_end=1230
-  _globals['_LEAVEREQUEST']._serialized_start=1232
-  _globals['_LEAVEREQUEST']._serialized_end=1265
-  _globals['_RAFTPEERS']._serialized_start=1267
-  _globals['_RAFTPEERS']._serialized_end=1313
-  _globals['_RAFTPEER']._serialized_start=1315
-  _globals['_RAFTPEER']._serialized_end=1408
-  _globals['_REMOVEPEERREQUEST']._serialized_start=1410
-  _globals['_REMOVEPEERREQUEST']._serialized_end=1479
-  _globals['_FORWARDWRITEREQUEST']._serialized_start=1481
-  _globals['_FORWARDWRITEREQUEST']._serialized_end=1561
-  _globals['_FORWARDWRITERESPONSE']._serialized_start=1563
-  _globals['_FORWARDWRITERESPONSE']._serialized_end=1654
-  _globals['_SERVERINFO']._serialized_start=1656
-  _globals['_SERVERINFO']._serialized_end=1724
-  _globals['_FETCHSTATEREQUEST']._serialized_start=1726
-  _globals['_FETCHSTATEREQUEST']._serialized_end=1772
-  _globals['_STATECHUNK']._serialized_start=1774
-  _globals['_STATECHUNK']._serialized_end=1844
-  _globals['_CLUSTERSERVICE']._serialized_start=1847
-  _globals['_CLUSTERSERVICE']._serialized_end=2382
+  _globals['_EXECUTIONDONEREQUEST']._serialized_end=1216
+  _globals['_ACK']._serialized_start=1218
+  _globals['_ACK']._serialized_end=1259
+  _globals['_LEAVEREQUEST']._serialized_start=1261
+  _globals['_LEAVEREQUEST']._serialized_end=1294
+  _globals['_RAFTPEERS']._serialized_start=1296
+  _globals['_RAFTPEERS']._serialized_end=1342
+  _globals['_RAFTPEER']._serialized_start=1344
+  _globals['_RAFTPEER']._serialized_end=1437
+  _globals['_REMOVEPEERREQUEST']._serialized_start=1439
+  _globals['_REMOVEPEERREQUEST']._serialized_end=1508
+  _globals['_FORWARDWRITEREQUEST']._serialized_start=1510
+  _globals['_FORWARDWRITEREQUEST']._serialized_end=1590
+  _globals['_FORWARDWRITERESPONSE']._serialized_start=1592
+  _globals['_FORWARDWRITERESPONSE']._serialized_end=1683
+  _globals['_SERVERINFO']._serialized_start=1685
+  _globals['_SERVERINFO']._serialized_end=1753
+  _globals['_FETCHSTATEREQUEST']._serialized_start=1755
+  _globals['_FETCHSTATEREQUEST']._serialized_end=1801
+  _globals['_STATECHUNK']._serialized_start=1803
+  _globals['_STATECHUNK']._serialized_end=1873
+  _globals['_CLUSTERSERVICE']._serialized_start=1876
+  _globals['_CLUSTERSERVICE']._serialized_end=2411
 # @@protoc_insertion_point(module_scope)

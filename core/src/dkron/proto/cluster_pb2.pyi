@@ -88,7 +88,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, leader_addr: _Optional[str] = ..., ok: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., committed_results: _Optional[_Iterable[_Union[ExecutionRef, _Mapping]]] = ...) -> None: ...
 
 class ExecutionDoneRequest(_message.Message):
-    __slots__ = ("execution_id", "job_name", "run_id", "node_name", "attempt", "scheduled_at_ms", "started_at_ms", "finished_at_ms", "success", "error", "exit_code", "output_tail", "output_truncated", "output_bytes_total")
+    __slots__ = ("execution_id", "job_name", "run_id", "node_name", "attempt", "scheduled_at_ms", "started_at_ms", "finished_at_ms", "success", "error", "exit_code", "output_tail", "output_truncated", "output_bytes_total", "group", "kind")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,8 @@ class ExecutionDoneRequest(_message.Message):
     OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     job_name: str
     run_id: str
@@ -117,7 +119,9 @@ class ExecutionDoneRequest(_message.Message):
     output_tail: bytes
     output_truncated: bool
     output_bytes_total: int
-    def __init__(self, execution_id: _Optional[str] = ..., job_name: _Optional[str] = ..., run_id: _Optional[str] = ..., node_name: _Optional[str] = ..., attempt: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., success: _Optional[bool] = ..., error: _Optional[str] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[bytes] = ..., output_truncated: _Optional[bool] = ..., output_bytes_total: _Optional[int] = ...) -> None: ...
+    group: int
+    kind: str
+    def __init__(self, execution_id: _Optional[str] = ..., job_name: _Optional[str] = ..., run_id: _Optional[str] = ..., node_name: _Optional[str] = ..., attempt: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., success: _Optional[bool] = ..., error: _Optional[str] = ..., exit_code: _Optional[int] = ..., output_tail: _Optional[bytes] = ..., output_truncated: _Optional[bool] = ..., output_bytes_total: _Optional[int] = ..., group: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("node_name", "message")
