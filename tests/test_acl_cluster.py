@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import Cluster, Http, wait_for
+
+from dkron.localcluster import Http, LocalCluster, wait_for
 
 
 def call(url: str, method: str, path: str, token: str | None, body: Any = None) -> Http:
@@ -29,10 +30,10 @@ def call(url: str, method: str, path: str, token: str | None, body: Any = None) 
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("acl-cluster"), agents={})
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path_factory.mktemp("acl-cluster"), agents={})
     for server in c.servers:
-        server.extra_args = ["--acl-enabled"]
+        server.extra_args += ["--acl-enabled"]
     with c:
         for node in c.nodes:
             node.start()

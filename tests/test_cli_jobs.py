@@ -372,3 +372,29 @@ def test_import_is_all_or_nothing(agent_factory, tmp_path):
     assert "job #2" in result.stderr and "schedule" in result.stderr
     no_traceback(result)
     assert target.get("/v1/jobs").json() == []  # not even the valid parent and child
+
+
+def test_next_prints_upcoming_times_in_utc_and_the_jobs_zone(agent):
+    job = {
+        "name": "cli-next",
+        "schedule": "0 30 9 * * *",
+        "timezone": "Asia/Tokyo",
+        "executor": "shell",
+        "executor_config": {"command": "true"},
+    }
+    assert jobs(agent, "apply", "-f", "-", stdin=json.dumps(job)).returncode == 0
+    try:
+        shown = jobs(agent, "next", "cli-next", "-n", "3")
+        no_traceback(shown)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.strip().splitlines()
+        assert "LOCAL (Asia/Tokyo)" in lines[0]
+        rows = [line for line in lines[1:] if "T" in line]
+        assert len(rows) == 3 and all("T00:30:00" in r and "T09:30:00.000+09:00" in r for r in rows), shown.stdout
+        as_json = json.loads(jobs(agent, "next", "cli-next", "-n", "2", "--json").stdout)
+        assert as_json["timezone"] == "Asia/Tokyo" and len(as_json["next"]) == 2
+        missing = jobs(agent, "next", "no-such-job")
+        assert missing.returncode == 1 and "no-such-job" in missing.stderr, missing.stderr
+        no_traceback(missing)
+    finally:
+        jobs(agent, "delete", "cli-next")

@@ -16,14 +16,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from cluster_support import Cluster, wait_for
+
+from dkron.localcluster import LocalCluster, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with Cluster(tmp_path_factory.mktemp("retry-failover"), agents={"a1": {"pool": "web"}}) as c:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("retry-failover"), agents={"a1": {"pool": "web"}}) as c:
         c.start(timeout=120)
         yield c
 
@@ -32,7 +33,7 @@ def ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def test_replace_kills_the_run_on_another_node_first(cluster: Cluster) -> None:
+def test_replace_kills_the_run_on_another_node_first(cluster: LocalCluster) -> None:
     c = cluster
     c.create_job(
         {
@@ -75,7 +76,7 @@ def test_replace_kills_the_run_on_another_node_first(cluster: Cluster) -> None:
     assert attempts == [1, 1, 1], f"a killed or replaced run was retried: {attempts}"
 
 
-def test_a_pending_retry_survives_a_leader_kill(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_pending_retry_survives_a_leader_kill(cluster: LocalCluster, tmp_path: Path) -> None:
     c = cluster
     marker = tmp_path / "failed-once"
     c.create_job(

@@ -7,8 +7,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from cluster_support import Cluster, wait_for
 from test_notifications import Receiver
+
+from dkron.localcluster import LocalCluster, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +22,17 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Cluster]:
-    with Cluster(tmp_path_factory.mktemp("notify-cluster")) as c:
+def cluster(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("notify-cluster")) as c:
         for server in c.servers:  # every server is configured alike; only the leader sends
             server.extra_args = [f"--webhook-endpoint={receiver.url}/hook"]
         c.start(timeout=120)
         yield c
 
 
-def test_one_notification_per_run_over_two_nodes_and_none_again_after_failover(cluster: Cluster, receiver: Receiver):
+def test_one_notification_per_run_over_two_nodes_and_none_again_after_failover(
+    cluster: LocalCluster, receiver: Receiver
+):
     job = {
         "name": "fanout",
         "schedule": "@manually",

@@ -81,6 +81,12 @@ POLICIES: dict[str, Policy] = {
     "jobs.run_job": Policy("run", "job"),
     "jobs.toggle_job": Policy("write", "job"),
     "jobs.restore": Policy("write", "body"),
+    "jobs.next_runs": Policy("read", "job"),
+    "preview.schedule_preview": Policy("read"),
+    "preview.executors": Policy("read"),
+    "stream.stream_execution": Policy("read", "job"),
+    # Prometheus scrapes with a bearer token like any client; series are labelled by job name only.
+    "metrics.metrics": Policy("read"),
     # executions
     "executions.list_executions": Policy("read", "job"),
     "executions.delete_executions": Policy("write", "job"),
