@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tls_support import CA, SERVER_NAME
 
+from dkron.testca import CA, SERVER_NAME
 from dkron.testing import AgentProcess, free_port
 
 

@@ -1,4 +1,9 @@
-"""Test certificates made with ``cryptography``: a CA and leaf certificates it signs."""
+"""Throwaway certificates for tests: a CA and the leaf certificates it signs (``cryptography``).
+
+Used by the core's transport tests (HTTPS API, CA-based gRPC mTLS) and by plugin tests that run
+TLS servers (e.g. the email processor's SMTP server). Leaves are valid for ``SERVER_NAME``,
+``localhost`` and 127.0.0.1, for server and client authentication, for one day.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ class CA:
                 ),
                 critical=True,
             )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
         self.path = self.dir / f"{name}-ca.pem"
@@ -92,6 +98,8 @@ class CA:
                 ),
                 critical=False,
             )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
         leaf = Leaf(self.dir / f"{self.name}-{name}.pem", self.dir / f"{self.name}-{name}-key.pem")
