@@ -248,13 +248,20 @@ class ExecutorRegistry(_Registry):
         super().__init__(settings)
         self._schemas: dict[str, tuple[ConfigField, ...]] = {}
 
-    def add(self, name: str, item: Any, config_schema: Sequence[ConfigField] | None = None) -> None:
-        super().add(name, item)
+    def add(
+        self,
+        name: str,
+        item: Any,
+        config_schema: Sequence[ConfigField] | None = None,
+        *,
+        secret_keys: Any = None,
+    ) -> None:
+        super().add(name, item, secret_keys=secret_keys)
         schema = config_schema if config_schema is not None else getattr(self._items[name], "config_schema", None)
         if schema is not None:
             fields = tuple(schema)
             if not all(isinstance(f, ConfigField) for f in fields):
-                del self._items[name], self._owners[name]
+                del self._items[name], self._owners[name], self._secret_keys[name]
                 raise RegistrationError(f"executor {name!r}: config_schema must be a sequence of ConfigField")
             self._schemas[name] = fields
 
