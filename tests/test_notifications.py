@@ -291,3 +291,19 @@ def test_email_over_smtps_with_a_mail_payload_template(agent_factory, tls_files)
         assert "boom" in mail.message.get_content()
     finally:
         smtps.stop()
+
+
+def test_a_run_that_succeeds_on_a_retry_is_reported_once_as_a_success(agent_factory, receiver, tmp_path):
+    agent = agent_factory(extra_args=(f"--webhook-endpoint={receiver.url}/hook", "--retry-backoff-base=0.2s")).start()
+    tries = tmp_path / "tries"
+    # Fails on its first two attempts, succeeds on the third.
+    job = shell_job("third-time", f"echo x >> {tries}; [ $(wc -l < {tries}) -ge 3 ]", retries=3)
+    assert agent.post("/v1/jobs", job).status == 201
+    assert agent.post("/v1/jobs/third-time/run").status == 202
+    agent.wait_for(
+        lambda: any(e["status"] == "success" for e in agent.get("/v1/jobs/third-time/executions").json()), timeout=30
+    )
+    receiver.wait(1)
+    time.sleep(1.5)  # a notification for a failed attempt would have arrived by now
+    bodies = [json.loads(r["body"]) for r in receiver.requests]
+    assert [(b["job"], b["status"], b["attempt"]) for b in bodies] == [("third-time", "success", 3)], bodies

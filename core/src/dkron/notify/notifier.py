@@ -34,6 +34,7 @@ from typing import Any
 from dkron.logcontext import run_context
 from dkron.notify import templates, webhook
 from dkron.notify.smtp import CONTROL, SmtpSettings, describe, send_message
+from dkron.store import followups
 from dkron.store.notified import is_notified
 from dkron.store.queries import Reader, execution_json
 
@@ -272,6 +273,9 @@ class Notifier:
             or (attempt == 1 and len(executions) < self._expected_nodes(run_id))
         ):
             return  # another node's record is still to come: the last one triggers the notification
+        if self._retry_follows(run_id, attempt):
+            self._done.add(key)  # a run is reported once, by its last attempt
+            return
         if is_notified(self.reader.db, key):
             self._done.add(key)
             return
@@ -293,6 +297,11 @@ class Notifier:
             sender = self._webhook_sender(self.config.post_endpoint, body, self.config.post_headers)
             deliveries.append(("webhook", sender))
         self._schedule(key, job_name, run_id, deliveries, mark=True)
+
+    def _retry_follows(self, run_id: str, attempt: int) -> bool:
+        """A failed attempt whose retry is already committed (the state machine decides that)."""
+        retry = followups.followup_id(run_id, attempt + 1)
+        return self.reader.db.execute("SELECT 1 FROM followups WHERE id=?", (retry,)).fetchone() is not None
 
     def _wanted(self, job: dict[str, Any], values: dict[str, Any], run_id: str) -> bool:
         policy = job.get("notify_on") or "always"
