@@ -66,6 +66,15 @@ run prints load1 in its header; each node is one CPython process):
     ticks after each kill started (100/100). Target (median <= 1 s): **met** in both runs.
 
 Code versions: (a) load1 2.2 and 17.7 on 138f675/0e05480, load1 0.6 on 9c93b21; (b) on 0e05480.
+
+2026-11-30, quiet machine (load1 ~1), code 0818bb2: (a) 250 jobs: 250/s, p50 231 ms, p99 489 ms;
+500 jobs: 500/s, p50 3.1 s, p99 4.1 s (leader 38 % CPU, agents 34 % each, machine 183 %). With
+``--node-args "--max-concurrent-runs 256"`` 500 jobs reach p99 1.5-1.7 s (two runs; a third, with
+py-spy attached, 3.8 s): a node's 64 run slots were the queue. py-spy (``--gil``) on the leader:
+46 % of its GIL time is the per-run ``AgentRun`` stream (gRPC's channel spin thread and condition
+hand-offs), the scheduler 9 %, Raft apply 8 %. (b) with the default 64 slots: all 5,000 started
+by T+11.5 s (load1 ~2); with 256 slots and 1,024 dispatch streams: T+37.6 s, the Raft tick thread
+starved ("did not run for 0.2-0.6 s") and leadership changed, so the default stays 64.
 """
 
 from __future__ import annotations
@@ -108,8 +117,12 @@ TAGS = {"pool": "web:1"}
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+#: Extra flags for every node (``--node-args``), e.g. "--max-concurrent-runs 128".
+NODE_ARGS: list[str] = []
+
+
 def start_cluster(base: Path, server_args: Sequence[str] = ()) -> tuple[LocalCluster, Node]:
-    cluster = LocalCluster(base, server_args=list(server_args), secret_scan=False)
+    cluster = LocalCluster(base, server_args=[*NODE_ARGS, *server_args], agent_args=NODE_ARGS, secret_scan=False)
     t0 = time.monotonic()
     try:
         cluster.start(timeout=180)
@@ -496,7 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="client threads creating jobs")
     parser.add_argument("--stamp", default="auto", choices=("auto", "c", "bash", "date"), help="timing command")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (node logs, stamp files)")
+    parser.add_argument("--node-args", default="", help='extra flags for every node, e.g. "--max-concurrent-runs 128"')
     args = parser.parse_args(argv)
+    NODE_ARGS[:] = args.node_args.split()
     args.counts = [int(c) for c in args.counts.split(",") if c.strip()]
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     if not sections <= {"a", "b", "c"}:
