@@ -420,6 +420,10 @@ class Scheduler(FollowupPlanning):
                 self._become_leader()
                 while self._leading.is_set() and not self._stop.is_set():
                     self._plan_once()
+            except StoreUnavailable as exc:
+                # Leadership lost (or no quorum) while taking over: the next leader takes over instead.
+                log.warning("scheduler paused: %s", exc)
+                time.sleep(0.5)
             except Exception:
                 log.exception("scheduler planning failed; restarting it")
                 time.sleep(0.5)
