@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -513,3 +513,29 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}+{len(changed)} uncommitted files in core/plugins" if changed else head or "unknown"
+
+
+def repeat_runs(
+    count: int,
+    one_run: Callable[[int], dict[str, Any]],
+    *,
+    extra: Callable[[dict[str, Any]], str],
+    skip: tuple[str, ...],
+    profile_of: str,
+) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """Run ``one_run(i)`` ``count`` times, printing each run's launch figures (plus ``extra``) and
+    its py-spy profile if any; return the runs, their per-key medians (without ``skip`` keys) and
+    the label of those ("median of N runs" or "value")."""
+    runs = []
+    for i in range(1, count + 1):
+        r = one_run(i)
+        runs.append(r)
+        print(
+            f"[run {i}] achieved {r['achieved']}/{r['expected']} ({r['achieved_pct']}%), lateness p50 "
+            f"{r['lateness_p50_ms']} p99 {r['lateness_p99_ms']} max {r['lateness_max_ms']} ms, {extra(r)}",
+            flush=True,
+        )
+        if "profile" in r:
+            print_profile(r["profile"], f"[run {i}] py-spy profile of {profile_of} over the window")
+    med = median_of([{k: v for k, v in r.items() if k not in skip} for r in runs])
+    return runs, med, (f"median of {len(runs)} runs" if len(runs) > 1 else "value")

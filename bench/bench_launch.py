@@ -265,20 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         f"grace {args.grace}s, repeat {args.repeat}; {C.machine_line()}",
         flush=True,
     )
-    runs = []
-    for i in range(1, args.repeat + 1):
-        runs.append(one_run(args, i))
-        r = runs[-1]
-        print(
-            f"[run {i}] achieved {r['achieved']}/{r['expected']} ({r['achieved_pct']}%), lateness p50 "
-            f"{r['lateness_p50_ms']} p99 {r['lateness_p99_ms']} max {r['lateness_max_ms']} ms, "
-            f"server CPU {r['server_cpu_pct']}%, RSS peak {r['rss_peak_mb']} MB",
-            flush=True,
-        )
-        if "profile" in r:
-            C.print_profile(r["profile"], f"[run {i}] py-spy profile of the agent over the window")
-    med = C.median_of([{k: v for k, v in r.items() if k not in ("cross_check", "profile")} for r in runs])
-    label = f"median of {len(runs)} runs" if len(runs) > 1 else "value"
+    runs, med, label = C.repeat_runs(
+        args.repeat,
+        lambda i: one_run(args, i),
+        extra=lambda r: f"server CPU {r['server_cpu_pct']}%, RSS peak {r['rss_peak_mb']} MB",
+        skip=("cross_check", "profile"),
+        profile_of="the agent",
+    )
     ok_launch = med["achieved_pct"] >= TARGET_LAUNCH_PCT
     ok_p99 = med["lateness_p99_ms"] is not None and med["lateness_p99_ms"] <= TARGET_P99_MS
     rows = [

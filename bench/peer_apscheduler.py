@@ -207,20 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{C.machine_line()}",
         flush=True,
     )
-    runs = []
-    for i in range(1, args.repeat + 1):
-        runs.append(one_run(args, i))
-        r = runs[-1]
-        print(
-            f"[run {i}] achieved {r['achieved']}/{r['expected']} ({r['achieved_pct']}%), lateness p50 "
-            f"{r['lateness_p50_ms']} p99 {r['lateness_p99_ms']} max {r['lateness_max_ms']} ms, "
-            f"scheduler CPU {r['server_cpu_pct']}%, events {r['aps_events_whole_run']}",
-            flush=True,
-        )
-        if "profile" in r:
-            C.print_profile(r["profile"], f"[run {i}] py-spy profile of the APScheduler process over the window")
-    med = C.median_of([{k: v for k, v in r.items() if k not in ("profile", "aps_events_whole_run")} for r in runs])
-    label = f"median of {len(runs)} runs" if len(runs) > 1 else "value"
+    runs, med, label = C.repeat_runs(
+        args.repeat,
+        lambda i: one_run(args, i),
+        extra=lambda r: f"scheduler CPU {r['server_cpu_pct']}%, events {r['aps_events_whole_run']}",
+        skip=("profile", "aps_events_whole_run"),
+        profile_of="the APScheduler process",
+    )
     dk = load_compare(args.compare, args.jobs) if args.compare else None
     keys = [
         ("launches achieved %", "achieved_pct"),
