@@ -309,3 +309,37 @@ def test_threads_share_the_cache() -> None:
     for thread in threads:
         thread.join()
     assert len(results) == 8 and all(result == results[0] for result in results)
+
+
+def test_guarded_execute_turns_bad_config_kills_and_bugs_into_failed_results(caplog):
+    from dkron.contracts import CancelToken, ExecutionRequest, ExecutionResult
+    from dkron.pluginkit import guarded_execute
+
+    def parse(config: Mapping[str, str]) -> str:
+        if "url" not in config:
+            raise ConfigError("url is required", key="url")
+        return config["url"]
+
+    def request(**config: str) -> ExecutionRequest:
+        return ExecutionRequest(job_name="j", run_id="j@1", config=config)
+
+    ran = []
+    ok = guarded_execute(
+        "demo", request(url="x"), CancelToken(), parse, lambda url: ran.append(url) or ExecutionResult(True)
+    )
+    assert ok.success and ran == ["x"]
+    bad = guarded_execute("demo", request(), CancelToken(), parse, lambda url: ExecutionResult(True))
+    assert not bad.success and bad.error.startswith("demo: invalid config: url is required")
+    killed = CancelToken()
+    killed.cancel("killed by user")
+    early = guarded_execute(
+        "demo", request(url="x"), killed, parse, lambda url: ran.append("again") or ExecutionResult(True)
+    )
+    assert not early.success and early.error == "demo: killed: killed by user" and ran == ["x"]
+
+    def bug(url: str) -> ExecutionResult:
+        raise KeyError("oops")
+
+    broken = guarded_execute("demo", request(url="x"), CancelToken(), parse, bug)
+    assert not broken.success and broken.error == "demo: internal error: KeyError('oops')"
+    assert "demo: job j failed unexpectedly" in caplog.text

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Set
 from typing import Generic, TypeVar
 
-from dkron.contracts import ConfigError
+from dkron.contracts import CancelToken, ConfigError, ExecutionRequest, ExecutionResult
 
 __all__ = [
     "FALSE_SPELLINGS",
@@ -33,6 +34,7 @@ __all__ = [
     "CachedParser",
     "cached",
     "check_keys",
+    "guarded_execute",
     "parse_bool",
     "parse_duration",
     "parse_forward",
@@ -265,3 +267,30 @@ def cached(
     first). The wrapper has ``cache_info()`` and ``cache_clear()``; ``__wrapped__`` is ``build``.
     """
     return CachedParser(build, maxsize, max_chars, size)
+
+
+def guarded_execute(
+    name: str,
+    request: ExecutionRequest,
+    cancel: CancelToken,
+    parse: Callable[[Mapping[str, str]], T],
+    body: Callable[[T], ExecutionResult],
+) -> ExecutionResult:
+    """The frame of an executor's ``execute``: parse the config, honour a kill that came first,
+    run ``body(config)``, and turn any failure into a failed result instead of an exception.
+
+    An executor must never raise into the agent's worker thread; its errors read
+    ``"<name>: invalid config: ..."``, ``"<name>: killed: <reason>"`` or ``"<name>: internal
+    error: ..."`` (the last one also logged with its traceback).
+    """
+    try:
+        config = parse(request.config)
+    except ConfigError as exc:  # the core normally validated already; report, never raise
+        return ExecutionResult(success=False, error=f"{name}: invalid config: {exc}")
+    if cancel.cancelled:
+        return ExecutionResult(success=False, error=f"{name}: killed: {cancel.reason}")
+    try:
+        return body(config)
+    except Exception as exc:  # a bug here must not take the worker thread down
+        logging.getLogger(f"dkron_executor_{name}").exception("%s: job %s failed unexpectedly", name, request.job_name)
+        return ExecutionResult(success=False, error=f"{name}: internal error: {exc!r}")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 
-from dkron.contracts import CancelToken, ConfigError, ExecutionRequest, ExecutionResult, OutputSink
+from dkron.contracts import CancelToken, ExecutionRequest, ExecutionResult, OutputSink
+from dkron.pluginkit import guarded_execute
 from dkron_executor_kafka.client import ProduceFailed, produce_once
 from dkron_executor_kafka.config import KafkaConfig, parse_config, validate_config
-
-log = logging.getLogger(__name__)
 
 __all__ = ["KafkaExecutor", "describe"]
 
@@ -40,12 +38,9 @@ class KafkaExecutor:
         return validate_config(config)
 
     def execute(self, request: ExecutionRequest, output: OutputSink, cancel: CancelToken) -> ExecutionResult:
-        try:
-            cfg = parse_config(request.config)
-        except ConfigError as exc:  # the core normally validated already; report, never raise
-            return ExecutionResult(success=False, error=f"kafka: invalid config: {exc}")
-        if cancel.cancelled:
-            return ExecutionResult(success=False, error=f"kafka: killed: {cancel.reason}")
+        return guarded_execute("kafka", request, cancel, parse_config, lambda cfg: self._produce(cfg, output, cancel))
+
+    def _produce(self, cfg: KafkaConfig, output: OutputSink, cancel: CancelToken) -> ExecutionResult:
         debug = (lambda line: output.write(line)) if cfg.debug else None
         if debug is not None:
             debug(f"kafka: {describe(cfg)}\n")
@@ -53,9 +48,6 @@ class KafkaExecutor:
             delivery = produce_once(cfg, cancel, debug)
         except ProduceFailed as exc:
             return ExecutionResult(success=False, error=f"kafka: {exc}")
-        except Exception as exc:  # a bug here must not take the worker thread down
-            log.exception("kafka: job %s failed unexpectedly", request.job_name)
-            return ExecutionResult(success=False, error=f"kafka: internal error: {exc!r}")
         key = f"with key {_key_text(cfg)}" if cfg.key is not None else "without key"
         output.write(
             f"produced {len(cfg.message)} bytes {key} to topic {delivery.topic}, "

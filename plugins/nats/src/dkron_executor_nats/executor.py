@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 
-from dkron.contracts import CancelToken, ConfigError, ExecutionRequest, ExecutionResult, OutputSink
+from dkron.contracts import CancelToken, ExecutionRequest, ExecutionResult, OutputSink
+from dkron.pluginkit import guarded_execute
 from dkron_executor_nats.config import NatsConfig, Server, parse_config, validate_config
 from dkron_executor_nats.protocol import Cancelled, Connection, NatsError, TimedOut, open_connection
-
-log = logging.getLogger(__name__)
 
 __all__ = ["CONNECT_SHARE_MIN", "NatsExecutor"]
 
@@ -40,17 +38,7 @@ class NatsExecutor:
         return validate_config(config)
 
     def execute(self, request: ExecutionRequest, output: OutputSink, cancel: CancelToken) -> ExecutionResult:
-        try:
-            cfg = parse_config(request.config)
-        except ConfigError as exc:  # the core normally validated already; report, never raise
-            return ExecutionResult(success=False, error=f"nats: invalid config: {exc}")
-        if cancel.cancelled:
-            return ExecutionResult(success=False, error=f"nats: killed: {cancel.reason}")
-        try:
-            return self._run(cfg, output, cancel)
-        except Exception as exc:  # a bug here must not take the worker thread down
-            log.exception("nats: job %s failed unexpectedly", request.job_name)
-            return ExecutionResult(success=False, error=f"nats: internal error: {exc!r}")
+        return guarded_execute("nats", request, cancel, parse_config, lambda cfg: self._run(cfg, output, cancel))
 
     def _run(self, cfg: NatsConfig, output: OutputSink, cancel: CancelToken) -> ExecutionResult:
         def debug(line: str) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 
-from dkron.contracts import CancelToken, ConfigError, ExecutionRequest, ExecutionResult, OutputSink
+from dkron.contracts import CancelToken, ExecutionRequest, ExecutionResult, OutputSink
+from dkron.pluginkit import guarded_execute
 from dkron_executor_shell.config import CONFIG_SCHEMA, ShellConfig, parse_config, validate_config
 from dkron_executor_shell.runner import run
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ShellExecutor", "child_environment"]
 
@@ -45,15 +43,8 @@ class ShellExecutor:
         return validate_config(config)
 
     def execute(self, request: ExecutionRequest, output: OutputSink, cancel: CancelToken) -> ExecutionResult:
-        try:
-            cfg = parse_config(request.config)
-        except ConfigError as exc:  # the core normally validated already; report, never raise
-            return ExecutionResult(success=False, error=f"shell: invalid config: {exc}")
-        if cancel.cancelled:
-            return ExecutionResult(success=False, error=f"shell: killed: {cancel.reason}")
-        try:
+        # run() kills and reaps the child on any error, so the frame's catch-all is safe here.
+        def start(cfg: ShellConfig) -> ExecutionResult:
             return run(cfg, child_environment(cfg, request), output, cancel)
-        except Exception as exc:
-            # run() already killed and reaped the child; the worker thread must survive.
-            log.exception("shell: job %s failed unexpectedly", request.job_name)
-            return ExecutionResult(success=False, error=f"shell: internal error: {exc!r}")
+
+        return guarded_execute("shell", request, cancel, parse_config, start)
