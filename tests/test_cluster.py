@@ -553,6 +553,45 @@ def test_frozen_leader_never_runs_a_tick_twice(healthy: LocalCluster, tmp_path: 
             c.delete_job(job)
 
 
+# -- 10. a retry goes to another node -------------------------------------------------------------
+
+
+def test_a_retry_prefers_another_node_than_the_failed_attempt(healthy: LocalCluster) -> None:
+    c = healthy
+    job = "retry-elsewhere"
+    c.create_job(
+        {
+            "name": job,
+            "schedule": "@manually",
+            "tags": {"pool": "web:1"},  # one of a1, a2 per attempt
+            "retries": 1,
+            "retry_backoff": "200ms",
+            "executor_config": {"command": '[ "$DKRON_ATTEMPT" -ge 2 ]'},  # the first attempt fails
+        }
+    )
+    try:
+        runs = [c.api().post(f"/v1/jobs/{job}/run", timeout=10) for _ in range(3)]
+        assert all(r.status == 202 for r in runs), runs
+        run_ids = {r.json()["run_id"] for r in runs}
+
+        def both_attempts() -> dict[str, dict[int, dict[str, Any]]] | None:
+            attempts: dict[str, dict[int, dict[str, Any]]] = collections.defaultdict(dict)
+            for ex in c.executions(job):
+                attempts[ex["run_id"]][ex["attempt"]] = ex
+            done = all(
+                attempts[r].get(2, {}).get("status") == "success" and attempts[r].get(1, {}).get("status") == "failed"
+                for r in run_ids
+            )
+            return attempts if done else None
+
+        attempts = wait_for(both_attempts, 30, "three runs, each failed once then retried successfully")
+        for run_id in run_ids:
+            first, second = attempts[run_id][1], attempts[run_id][2]
+            assert second["node_name"] != first["node_name"], (first, second)
+    finally:
+        c.delete_job(job)
+
+
 # -- 9. leave, remove-peer (destructive: last) ----------------------------------------------------
 
 

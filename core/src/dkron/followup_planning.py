@@ -100,8 +100,14 @@ class FollowupPlanning:
                 claims.append({"id": row["id"], "node": ""})  # the apply drops it
                 continue
             jobs[row["id"]] = job
-            # Any eligible node: targets are chosen now, not where the failed attempt ran.
-            claims.append({"id": row["id"], "node": ",".join(self.placement.targets(job))})
+            # Any eligible node, chosen now: a retry prefers nodes other than those where the failed
+            # attempt ran (a broken node must not eat every attempt), falling back to them.
+            avoid = (
+                self.reader.nodes_of_attempt(row["job"], row["run_id"], row["attempt"] - 1)
+                if row["kind"] == "retry"
+                else ()
+            )
+            claims.append({"id": row["id"], "node": ",".join(self.placement.targets(job, avoid))})
         payload = {
             "claims": claims,
             "epoch": self.epoch,

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -65,7 +65,7 @@ class Placement:
         self.runner = runner
         self.node_name = node_name
 
-    def targets(self, job: dict[str, Any]) -> list[str]:
+    def targets(self, job: dict[str, Any], avoid: Iterable[str] = ()) -> list[str]:
         return [self.node_name]
 
     def submit(self, spec: RunSpec) -> str:

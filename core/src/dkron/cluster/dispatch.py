@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -57,8 +57,8 @@ class ClusterPlacement:
         self._remote: dict[tuple[str, str], dict[str, Any]] = {}
 
     # -- the Placement interface used by the scheduler ---------------------------------------
-    def targets(self, job: dict[str, Any]) -> list[str]:
-        return [node.name for node in self.membership.select(job.get("tags") or {})]
+    def targets(self, job: dict[str, Any], avoid: Iterable[str] = ()) -> list[str]:
+        return [node.name for node in self.membership.select(job.get("tags") or {}, avoid)]
 
     def submit(self, spec: RunSpec) -> str:
         if spec.node_name == self.node_name:

@@ -169,8 +169,11 @@ class Membership:
         with self._lock:
             self._nodes.pop(name, None)
 
-    def select(self, job_tags: Mapping[str, str]) -> list[Node]:
-        """Alive nodes for a job's tags: one node for a job without tags, else Dkron's rules."""
+    def select(self, job_tags: Mapping[str, str], avoid: Iterable[str] = ()) -> list[Node]:
+        """Alive nodes for a job's tags: one node for a job without tags, else Dkron's rules.
+
+        Nodes named in ``avoid`` (e.g. where the failed attempt of a retry ran) are taken only
+        when there are not enough others."""
         wanted, count = parse_job_tags(job_tags)
         with self._lock:
             eligible = [
@@ -181,4 +184,9 @@ class Membership:
         limit = 1 if not job_tags else (len(eligible) if count is None else count)
         if len(eligible) <= limit:
             return eligible
-        return self._rng.sample(eligible, limit)
+        avoided = set(avoid)
+        preferred = [n for n in eligible if n.name not in avoided]
+        if len(preferred) >= limit:
+            return self._rng.sample(preferred, limit)
+        rest = [n for n in eligible if n.name in avoided]
+        return preferred + self._rng.sample(rest, limit - len(preferred))

@@ -242,6 +242,13 @@ class Reader:
                 settled.append((job, execution_id))
         return settled
 
+    def nodes_of_attempt(self, job: str, run_id: str, attempt: int) -> list[str]:
+        """The nodes that ran one attempt of a run."""
+        rows = self.db.execute(
+            "SELECT DISTINCT node FROM executions WHERE job=? AND run_id=? AND attempt=?", (job, run_id, attempt)
+        )
+        return [r[0] for r in rows]
+
     def launch_started(self, run_id: str) -> bool:
         """Has any execution record of this run been committed (even if trimmed since)?"""
         row = self.db.execute("SELECT 1 FROM launches WHERE run_id=? AND started=1 LIMIT 1", (run_id,)).fetchone()
