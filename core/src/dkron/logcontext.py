@@ -13,7 +13,7 @@ import contextvars
 import logging
 from collections.abc import Iterator
 
-__all__ = ["RunContextFilter", "run_context"]
+__all__ = ["RunContextFilter", "about", "run_context"]
 
 _job: contextvars.ContextVar[str | None] = contextvars.ContextVar("dkron_job", default=None)
 _run: contextvars.ContextVar[str | None] = contextvars.ContextVar("dkron_run_id", default=None)
@@ -27,6 +27,11 @@ def run_context(job: str, run_id: str = "") -> Iterator[None]:
     finally:
         _run.reset(tokens[1])
         _job.reset(tokens[0])
+
+
+def about(job: str, run_id: str = "") -> dict[str, str]:
+    """``extra=`` for one log line about a run, logged outside its ``run_context``."""
+    return {"job": job, "run_id": run_id} if run_id else {"job": job}
 
 
 class RunContextFilter(logging.Filter):

@@ -28,6 +28,7 @@ from typing import Any
 
 from dkron.followup_planning import FOLLOWUP_KINDS, FollowupPlanning
 from dkron.jobs import format_time
+from dkron.logcontext import about
 from dkron.runner import Runner, RunSpec
 from dkron.schedule import ScheduleError
 from dkron.store import followups
@@ -186,7 +187,12 @@ class Scheduler(FollowupPlanning):
         try:
             timing = timing_for(job)
         except ScheduleError:
-            log.error("job %s has an unparseable schedule %r; not scheduled", job["name"], job["schedule"])
+            log.error(
+                "job %s has an unparseable schedule %r; not scheduled",
+                job["name"],
+                job["schedule"],
+                extra=about(job["name"]),
+            )
             return None
         return _Entry(job, timing, next(self._versions)) if timing is not None else None
 
@@ -568,7 +574,9 @@ class Scheduler(FollowupPlanning):
         while name in self.placement.running_jobs() and time.monotonic() < deadline:
             time.sleep(0.05)
         if name in self.placement.running_jobs():
-            log.warning("job %s: replaced executions still running after %.0fs; starting anyway", name, wait)
+            log.warning(
+                "job %s: replaced executions still running after %.0fs; starting anyway", name, wait, extra=about(name)
+            )
         if self._leading.is_set():
             self._submit(spec)
 

@@ -26,6 +26,7 @@ from dkron.cluster.channels import Channels
 from dkron.cluster.cluster_service import _iso
 from dkron.cluster.membership import Membership
 from dkron.jobs import format_time
+from dkron.logcontext import about
 from dkron.redact import output_masks
 from dkron.runner import Runner, RunSpec, TailBuffer
 
@@ -130,7 +131,12 @@ class ClusterPlacement:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             if code == grpc.StatusCode.ALREADY_EXISTS:
-                log.info("node %s refused run %s: it already started it", spec.node_name, spec.run_id)
+                log.info(
+                    "node %s refused run %s: it already started it",
+                    spec.node_name,
+                    spec.run_id,
+                    extra=about(spec.job["name"], spec.run_id),
+                )
             elif live is not None and live["started_at"] is None:
                 # Never started: say so now instead of waiting for a heartbeat timeout.
                 now = format_time(datetime.now(UTC))
@@ -152,6 +158,7 @@ class ClusterPlacement:
                     spec.execution_id,
                     spec.node_name,
                     code,
+                    extra=about(spec.job["name"], spec.run_id),
                 )
         finally:
             with self._lock:

@@ -16,6 +16,7 @@ from typing import Any
 
 from dkron.cluster.membership import Membership
 from dkron.jobs import format_time
+from dkron.logcontext import about
 from dkron.runner import Runner
 from dkron.store.queries import Reader
 
@@ -88,7 +89,13 @@ class Reaper:
                 continue
             self._reported.add(key)
             reaped += 1
-            log.warning("execution %s of %s lost: %s", ex["id"], ex["job_name"], reason)
+            log.warning(
+                "execution %s of %s lost: %s",
+                ex["id"],
+                ex["job_name"],
+                reason,
+                extra=about(ex["job_name"], ex.get("run_id") or ""),
+            )
             self.record(
                 {
                     **ex,
