@@ -17,7 +17,7 @@ import time
 import zlib
 from pathlib import Path
 
-from dkron.testing import AgentProcess, free_port
+from dkron.testing import AgentProcess, free_port, spawn_node
 
 
 def keygen() -> str:
@@ -27,26 +27,7 @@ def keygen() -> str:
 
 
 def start_node(tmp_path: Path, name: str, key: str, *extra: str) -> subprocess.Popen[bytes]:
-    log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dkron.cli",
-            "agent",
-            "--node-name",
-            name,
-            "--data-dir",
-            str(tmp_path / name),
-            "--encrypt",
-            key,
-            "--rpc-port",
-            str(free_port()),
-            *extra,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return spawn_node(tmp_path, name, "--encrypt", key, *extra)
 
 
 class Evil:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dkron.testca import CA, SERVER_NAME
-from dkron.testing import AgentProcess, free_port
+from dkron.testing import AgentProcess, spawn_node
 
 
 def test_the_api_is_served_over_https(tmp_path):
@@ -68,26 +68,7 @@ def test_http_tls_needs_both_files(tmp_path):
 
 
 def start_agent(tmp_path: Path, name: str, join: str, *tls: str) -> subprocess.Popen[bytes]:
-    log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dkron.cli",
-            "agent",
-            "--node-name",
-            name,
-            "--data-dir",
-            str(tmp_path / name),
-            "--rpc-port",
-            str(free_port()),
-            "--retry-join",
-            join,
-            *tls,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return spawn_node(tmp_path, name, "--retry-join", join, *tls)
 
 
 def tls_args(ca: CA, leaf_ca: CA, name: str) -> tuple[str, ...]:

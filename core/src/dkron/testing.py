@@ -73,6 +73,7 @@ __all__ = [
     "free_port",
     "make_venv",
     "run_executor",
+    "spawn_node",
 ]
 
 
@@ -80,6 +81,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def spawn_node(directory: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``dkron agent --node-name NAME`` (a client node unless ``args`` say ``--server``) with
+    its data dir in ``directory/NAME``, a free gRPC port and its output in ``directory/NAME.log``.
+    The caller stops it (terminate / kill and wait)."""
+    with open(Path(directory) / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dkron.cli",
+                "agent",
+                "--node-name",
+                name,
+                "--data-dir",
+                str(Path(directory) / name),
+                "--rpc-port",
+                str(free_port()),
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 class HttpResult:
