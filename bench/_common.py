@@ -539,3 +539,23 @@ def repeat_runs(
             print_profile(r["profile"], f"[run {i}] py-spy profile of {profile_of} over the window")
     med = median_of([{k: v for k, v in r.items() if k not in skip} for r in runs])
     return runs, med, (f"median of {len(runs)} runs" if len(runs) > 1 else "value")
+
+
+def launch_figures(stamps: dict[str, Any], expected: int) -> dict[str, Any]:
+    """The launch figures every launch benchmark reports, from :func:`analyze_stamps`'s result."""
+    lat = stamps["lateness_ms"]
+    ticks = stamps["per_tick_median_ms"]
+    return {
+        "expected": expected,
+        "achieved": stamps["achieved"],
+        "achieved_pct": round(100 * stamps["achieved"] / expected, 2),
+        "duplicates": stamps["duplicates"],
+        "started_after_deadline": stamps["after_deadline"],
+        "lateness_p50_ms": rnd(percentile(lat, 50)),
+        "lateness_p90_ms": rnd(percentile(lat, 90)),
+        "lateness_p99_ms": rnd(percentile(lat, 99)),
+        "lateness_max_ms": rnd(lat[-1] if lat else None),
+        "lateness_min_ms": rnd(lat[0] if lat else None),
+        "tick_median_first5_ms": rnd(statistics.median(ticks[:5]) if ticks else None),
+        "tick_median_last5_ms": rnd(statistics.median(ticks[-5:]) if ticks else None),
+    }

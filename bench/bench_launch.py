@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import math
-import statistics
 import sys
 import threading
 import time
@@ -215,26 +214,11 @@ def one_run(args: argparse.Namespace, run_no: int) -> dict[str, Any]:
                 spy.finish()
         runner.stop()
         cpu = C.cpu_delta(cpu0, cpu1)
-        lat = stamps["lateness_ms"]
         expected = args.jobs * args.seconds
-        ticks = stamps["per_tick_median_ms"]
-        head = statistics.median(ticks[:5]) if ticks else None
-        tail = statistics.median(ticks[-5:]) if ticks else None
         result = {
             "code": code,
             "stamp": kind,
-            "expected": expected,
-            "achieved": stamps["achieved"],
-            "achieved_pct": round(100 * stamps["achieved"] / expected, 2),
-            "duplicates": stamps["duplicates"],
-            "started_after_deadline": stamps["after_deadline"],
-            "lateness_p50_ms": C.rnd(C.percentile(lat, 50)),
-            "lateness_p90_ms": C.rnd(C.percentile(lat, 90)),
-            "lateness_p99_ms": C.rnd(C.percentile(lat, 99)),
-            "lateness_max_ms": C.rnd(lat[-1] if lat else None),
-            "lateness_min_ms": C.rnd(lat[0] if lat else None),
-            "tick_median_first5_ms": C.rnd(head),
-            "tick_median_last5_ms": C.rnd(tail),
+            **C.launch_figures(stamps, expected),
             "rss_peak_mb": round(sampler.peak_rss / C.MB, 1),
             "rss_window_start_mb": round(rss_window_start / C.MB, 1),
             "rss_window_peak_mb": round(window_peak / C.MB, 1),

@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -147,24 +146,11 @@ def one_run(args: argparse.Namespace, run_no: int) -> dict[str, Any]:
         counts = stop_child(proc)
         stamps = C.analyze_stamps(stamp_file, w0_s * 1000, w1_s * 1000, deadline)
         cpu = C.cpu_delta(cpu0, cpu1)
-        lat = stamps["lateness_ms"]
         expected = args.jobs * args.seconds
-        ticks = stamps["per_tick_median_ms"]
         result = {
             "apscheduler": version,
             "stamp": kind,
-            "expected": expected,
-            "achieved": stamps["achieved"],
-            "achieved_pct": round(100 * stamps["achieved"] / expected, 2),
-            "duplicates": stamps["duplicates"],
-            "started_after_deadline": stamps["after_deadline"],
-            "lateness_p50_ms": C.rnd(C.percentile(lat, 50)),
-            "lateness_p90_ms": C.rnd(C.percentile(lat, 90)),
-            "lateness_p99_ms": C.rnd(C.percentile(lat, 99)),
-            "lateness_max_ms": C.rnd(lat[-1] if lat else None),
-            "lateness_min_ms": C.rnd(lat[0] if lat else None),
-            "tick_median_first5_ms": C.rnd(statistics.median(ticks[:5]) if ticks else None),
-            "tick_median_last5_ms": C.rnd(statistics.median(ticks[-5:]) if ticks else None),
+            **C.launch_figures(stamps, expected),
             "rss_peak_mb": round(sampler.peak_rss / C.MB, 1),
             "rss_final_mb": round(final_rss / C.MB, 1),
             "server_cpu_pct": round(cpu["server_cpu_pct"], 1),
