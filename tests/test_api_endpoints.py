@@ -72,21 +72,6 @@ def create(agent: AgentProcess, job: dict[str, Any], query: str = "") -> dict[st
     return res.json()
 
 
-def run(agent: AgentProcess, name: str) -> dict[str, Any]:
-    """Run ``name`` by hand and return the finished execution."""
-    res = agent.post(f"/v1/jobs/{name}/run")
-    assert res.status == 202, res
-    return finished(agent, name, res.json()["execution_id"])
-
-
-def finished(agent: AgentProcess, name: str, execution_id: str, timeout: float = 15) -> dict[str, Any]:
-    def done() -> Any:
-        res = agent.get(f"/v1/jobs/{name}/executions/{execution_id}")
-        return res.status == 200 and res.json()["status"] != "running" and res.json()
-
-    return agent.wait_for(done, timeout=timeout)
-
-
 def names(res: Any) -> list[str]:
     return [job["name"] for job in res.json()]
 
@@ -110,7 +95,7 @@ def listed(agent: AgentProcess) -> dict[str, Any]:
         create(agent, job)
         for command in spec["runs"]:  # each run with its own command: successes and failures
             create(agent, {**job, "executor_config": {"command": command}})
-            run(agent, name)
+            agent.run_and_wait(name)
         if spec.get("disabled"):
             create(agent, {**job, "disabled": True})
     return {job["name"]: job for job in agent.get(f"/v1/jobs?{SUITE}").json()}
@@ -247,7 +232,7 @@ def test_create_answers_201_with_the_stored_job_and_its_location(agent):
 
 def test_patch_and_put_replace_the_whole_job_but_keep_its_counters(agent):
     create(agent, shell("upd", "true", "@every 1h", displayname="First", metadata={"k": "v"}, retries=2))
-    run(agent, "upd")
+    agent.run_and_wait("upd")
     before = agent.get("/v1/jobs/upd").json()
     res = agent.request("PATCH", "/v1/jobs", shell("upd", "true", "@every 2h", owner="ops"))
     assert res.status == 201 and res.headers["Location"] == "/v1/jobs/upd"
@@ -271,7 +256,7 @@ def test_put_creates_a_job_that_does_not_exist(agent):
 
 def test_a_get_answer_can_be_posted_back_unchanged(agent):
     create(agent, shell("echoed", "true", "@every 1h", tags={"role": "x"}))
-    run(agent, "echoed")
+    agent.run_and_wait("echoed")
     stored = agent.get("/v1/jobs/echoed").json()
     res = agent.post("/v1/jobs", stored)
     assert res.status == 201, res
@@ -301,7 +286,7 @@ def test_toggle_flips_disabled_and_a_disabled_job_does_not_run(agent, tmp_path):
 
 def test_delete_answers_the_deleted_job_and_removes_its_history(agent):
     create(agent, shell("doomed", "echo bye"))
-    run(agent, "doomed")
+    agent.run_and_wait("doomed")
     res = agent.request("DELETE", "/v1/jobs/doomed")
     assert res.status == 200
     assert res.json()["name"] == "doomed" and res.json()["success_count"] == 1
@@ -331,20 +316,20 @@ def test_run_answers_202_with_a_location_to_the_new_execution(agent):
     assert body["name"] == "runner" and body["execution_id"] and body["run_id"].startswith("runner@")
     assert res.headers["Location"] == f"/v1/jobs/runner/executions/{body['execution_id']}"
     assert agent.get(res.headers["Location"]).status == 200
-    done = finished(agent, "runner", body["execution_id"])
+    done = agent.wait_finished("runner", body["execution_id"])
     assert done["status"] == "success" and done["output"] == "ran\n" and done["kind"] == "manual"
 
 
 def test_runoncreate_runs_the_new_job_at_once(agent):
     res = agent.post("/v1/jobs?runoncreate", shell("eager", "echo created"))
     assert res.status == 201 and res.headers["Location"] == "/v1/jobs/eager"
-    done = finished(agent, "eager", res.json()["execution_id"])
+    done = agent.wait_finished("eager", res.json()["execution_id"])
     assert done["output"] == "created\n" and done["success"] is True
 
 
 def test_executions_are_paged_and_sorted_in_the_store(agent):
     create(agent, shell("pager", "echo $DKRON_EXECUTION_ID"))
-    ids = [run(agent, "pager")["id"] for _ in range(3)]
+    ids = [agent.run_and_wait("pager")["id"] for _ in range(3)]
     res = agent.get("/v1/jobs/pager/executions")
     assert [e["id"] for e in res.json()] == ids[::-1]  # newest first
     assert res.headers["X-Total-Count"] == "3"
@@ -358,7 +343,7 @@ def test_executions_are_paged_and_sorted_in_the_store(agent):
 
 def test_output_size_limit_keeps_the_tail_and_flags_it(agent):
     create(agent, shell("chatty", "seq 1 1000"))
-    full = run(agent, "chatty")["output"]
+    full = agent.run_and_wait("chatty")["output"]
     assert full.endswith("999\n1000\n") and full.startswith("1\n2\n")
 
     def listed(query: str) -> dict[str, Any]:
@@ -376,9 +361,9 @@ def test_deleting_executions_resets_the_counters_and_keeps_the_status(agent, tmp
     flag = tmp_path / "flag"
     flag.touch()
     create(agent, shell("counted", f"test -e {flag}"))
-    assert run(agent, "counted")["status"] == "success"
+    assert agent.run_and_wait("counted")["status"] == "success"
     flag.unlink()
-    assert run(agent, "counted")["status"] == "failed"
+    assert agent.run_and_wait("counted")["status"] == "failed"
     job = agent.get("/v1/jobs/counted").json()
     assert (job["success_count"], job["error_count"], job["status"]) == (1, 1, "failed")
     res = agent.request("DELETE", "/v1/jobs/counted/executions")
@@ -407,7 +392,7 @@ def test_busy_lists_a_running_job_and_kill_stops_it(agent):
     began = time.monotonic()
     res = agent.post(f"/v1/jobs/sleepy/executions/{started['execution_id']}/kill")
     assert res.status == 202 and res.json() == {"killed": True, "id": started["execution_id"], "job_name": "sleepy"}
-    done = finished(agent, "sleepy", started["execution_id"], timeout=5)
+    done = agent.wait_finished("sleepy", started["execution_id"], timeout=5)
     assert time.monotonic() - began < 4
     assert done["status"] == "failed" and "killed" in done["error"]
     assert "started" in done["output"]
@@ -424,7 +409,7 @@ def test_kill_only_reaches_executions_of_the_named_job(agent):
     assert agent.get(f"/v1/jobs/bystander/executions/{started['execution_id']}").status == 404
     assert agent.get("/v1/busy").json()[0]["id"] == started["execution_id"]  # still running
     assert agent.post(f"/v1/jobs/target/executions/{started['execution_id']}/kill").status == 202
-    assert finished(agent, "target", started["execution_id"], timeout=5)["status"] == "failed"
+    assert agent.wait_finished("target", started["execution_id"], timeout=5)["status"] == "failed"
 
 
 def test_forbid_refuses_a_second_run_while_one_runs(agent):
@@ -437,7 +422,7 @@ def test_forbid_refuses_a_second_run_while_one_runs(agent):
     assert res.status == 409 and "saved but not run" in res.json()["error"]
     assert agent.get("/v1/jobs/single").json()["owner"] == "new"
     agent.post(f"/v1/jobs/single/executions/{started['execution_id']}/kill")
-    finished(agent, "single", started["execution_id"], timeout=5)
+    agent.wait_finished("single", started["execution_id"], timeout=5)
 
 
 # -- pause ---------------------------------------------------------------------------------------------
@@ -453,7 +438,7 @@ def test_pause_refuses_submissions_but_not_runs_toggles_or_deletes(agent):
             assert res.status == 503 and "paused" in res.json()["error"]
         assert agent.get("/v1/jobs").headers["X-Total-Count"] == total
         assert agent.get("/v1/jobs/refused").status == 404
-        assert run(agent, "while-paused")["output"] == "still\n"
+        assert agent.run_and_wait("while-paused")["output"] == "still\n"
         assert agent.post("/v1/jobs/while-paused/toggle").status == 200
     finally:
         res = agent.post("/v1/unpause")
@@ -477,7 +462,7 @@ def test_scheduling_pause_stops_scheduled_runs_and_survives_a_restart(agent_fact
     ticks = out.read_text().count("x")
     time.sleep(1.5)
     assert out.read_text().count("x") == ticks, "a scheduled run started while scheduling was paused"
-    assert run(first, "ticker")["status"] == "success"  # manual runs still work
+    assert first.run_and_wait("ticker")["status"] == "success"  # manual runs still work
     ticks += 1
     settle(first)
     assert first.stop() == 0
@@ -578,7 +563,7 @@ def backup(agent: AgentProcess) -> list[dict[str, Any]]:
         "expires_at": "2999-01-01T00:00:00.000Z",
     }
     create(agent, {"name": "rt-parent", "schedule": "0 30 2 * * *", **full})
-    run(agent, "rt-parent")
+    agent.run_and_wait("rt-parent")
     create(agent, {"name": "rt-child", "parent_job": "rt-parent", "disabled": True, **full})
     create(agent, {"name": "rt-grandchild", "parent_job": "rt-child", "ephemeral": True, **full})
     export = agent.get("/v1/jobs?metadata[suite]=rt").json()

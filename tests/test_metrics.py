@@ -20,20 +20,13 @@ def scrape(agent: AgentProcess) -> tuple[str, dict[str, float]]:
     return content_type, values
 
 
-def run_and_wait(agent: AgentProcess, job: str) -> dict:
-    execution_id = agent.post(f"/v1/jobs/{job}/run").json()["execution_id"]
-    return agent.wait_for(
-        lambda: (e := agent.get(f"/v1/jobs/{job}/executions/{execution_id}").json()).get("status") != "running" and e
-    )
-
-
 def test_metrics_count_runs_lateness_duration_running_and_leadership(agent_factory):
     agent = agent_factory().start()
     shell = {"executor": "shell", "executor_config": {"command": "true"}}
     assert agent.post("/v1/jobs", {"name": "m-ok", "schedule": "@every 1s", **shell}).status == 201
     bad = {"name": "m-bad", "schedule": "@every 1h", "executor": "shell", "executor_config": {"command": "exit 1"}}
     assert agent.post("/v1/jobs", bad).status == 201
-    assert run_and_wait(agent, "m-bad")["status"] == "failed"
+    assert agent.run_and_wait("m-bad")["status"] == "failed"
     sleeper = {"name": "m-slow", "schedule": "@every 1s", "concurrency": "forbid", "executor": "shell"}
     sleeper["executor_config"] = {"command": "sleep 30"}
     assert agent.post("/v1/jobs", sleeper).status == 201
@@ -80,7 +73,7 @@ def _agent_with_failing_webhook(agent_factory, *args: str) -> AgentProcess:
 def _run_logged(agent: AgentProcess) -> dict:
     job = {"name": "logged", "schedule": "@every 1h", "executor": "shell", "executor_config": {"command": "true"}}
     assert agent.post("/v1/jobs", job).status == 201
-    execution = run_and_wait(agent, "logged")
+    execution = agent.run_and_wait("logged")
     agent.wait_for(lambda: "notification failed" in agent.log())
     agent.stop()
     return execution

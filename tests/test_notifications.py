@@ -96,15 +96,6 @@ def finished_runs(agent: AgentProcess, job: str) -> list[dict[str, Any]]:
     return [e for e in executions if e["status"] not in ("running",)]
 
 
-def run_and_wait(agent: AgentProcess, job: str) -> dict[str, Any]:
-    res = agent.post(f"/v1/jobs/{job}/run")
-    assert res.status == 202, res
-    execution_id = res.json()["execution_id"]
-    return agent.wait_for(
-        lambda: (e := agent.get(f"/v1/jobs/{job}/executions/{execution_id}").json()).get("status") != "running" and e
-    )
-
-
 def test_email_over_starttls_with_auth_and_webhooks_fire_once_per_run(
     agent_factory, smtp: SmtpServer, receiver, tls_files
 ):
@@ -127,7 +118,7 @@ def test_email_over_starttls_with_auth_and_webhooks_fire_once_per_run(
     ).start()
     job = shell_job("mailed", "echo hello from the job", owner_email="owner@example.test")
     assert agent.post("/v1/jobs", job).status == 201
-    execution = run_and_wait(agent, "mailed")
+    execution = agent.run_and_wait("mailed")
     assert execution["status"] == "success"
 
     [mail] = smtp.wait_for_messages(1)
@@ -155,7 +146,7 @@ def test_notify_on_change_sends_only_when_the_outcome_flips(agent_factory, recei
     outcomes = []
     for code in (0, 1, 1, 0, 0):
         flag.write_text(str(code))
-        outcomes.append(run_and_wait(agent, "flappy")["status"])
+        outcomes.append(agent.run_and_wait("flappy")["status"])
     assert outcomes == ["success", "failed", "failed", "success", "success"]
     hooks = receiver.wait(2)
     time.sleep(1.5)
@@ -175,8 +166,8 @@ def test_notify_on_failure_and_a_failed_delivery_is_retried(agent_factory, tmp_p
         ).start()
         assert agent.post("/v1/jobs", shell_job("ok-job", "true", notify_on="failure")).status == 201
         assert agent.post("/v1/jobs", shell_job("bad-job", "exit 2", notify_on="failure")).status == 201
-        run_and_wait(agent, "ok-job")
-        run_and_wait(agent, "bad-job")
+        agent.run_and_wait("ok-job")
+        agent.run_and_wait("bad-job")
         requests = receiver.wait(2)
         time.sleep(2)
         # The first answer was a 500: the same notification came again; the success sent nothing.
@@ -244,7 +235,7 @@ def test_a_notification_endpoint_that_is_down_does_not_delay_the_next_run(agent_
 def test_a_restart_does_not_send_a_notification_again(agent_factory, receiver):
     agent = agent_factory(extra_args=(f"--webhook-endpoint={receiver.url}/hook",)).start()
     assert agent.post("/v1/jobs", shell_job("once", "true")).status == 201
-    run_and_wait(agent, "once")
+    agent.run_and_wait("once")
     receiver.wait(1)
     time.sleep(1.5)  # the "notified" mark is committed within a second
     agent.stop()
@@ -282,7 +273,7 @@ def test_email_over_smtps_with_a_mail_payload_template(agent_factory, tls_files)
         ).start()
         job = shell_job("smtps-job", "echo boom; exit 4", owner_email="a@example.test, b@example.test")
         assert agent.post("/v1/jobs", job).status == 201
-        assert run_and_wait(agent, "smtps-job")["status"] == "failed"
+        assert agent.run_and_wait("smtps-job")["status"] == "failed"
         [mail] = smtps.wait_for_messages(1)
         assert mail.tls
         assert sorted(mail.rcpt_tos) == ["a@example.test", "b@example.test"]

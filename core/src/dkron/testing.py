@@ -243,6 +243,22 @@ class AgentProcess:
             time.sleep(interval)
         raise AssertionError(f"condition not met within {timeout}s; agent log:\n{self.log()}")
 
+    def wait_finished(self, job: str, execution_id: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The execution once it is no longer running (waits for it; fails with the agent log)."""
+
+        def done() -> dict[str, Any] | None:
+            res = self.get(f"/v1/jobs/{job}/executions/{execution_id}")
+            execution = res.json() if res.status == 200 else {}
+            return execution if execution.get("status") not in (None, "running") else None
+
+        return self.wait_for(done, timeout=timeout)
+
+    def run_and_wait(self, job: str, timeout: float = 15.0) -> dict[str, Any]:
+        """Run ``job`` now (``POST /v1/jobs/<job>/run``) and return its finished execution."""
+        res = self.post(f"/v1/jobs/{job}/run")
+        assert res.status == 202, res
+        return self.wait_finished(job, res.json()["execution_id"], timeout)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None

@@ -238,13 +238,6 @@ def test_cancel_stops_waiting_at_once(run: Run, silent_server: int) -> None:
     assert result.error == "rabbitmq: killed: killed by request (nothing was published)"
 
 
-def finished(agent: Any, job: str, execution_id: str) -> dict[str, Any] | None:
-    """The execution once it has finished (None while it is unknown or running)."""
-    res = agent.get(f"/v1/jobs/{job}/executions/{execution_id}")
-    execution = res.json() if res.status == 200 else {}
-    return execution if execution.get("status") not in (None, "running") else None
-
-
 def test_end_to_end_through_a_real_agent(rabbitmq: Broker, dkron_agent: Any, queue_name: str) -> None:
     job = {
         "name": "publish",
@@ -263,7 +256,7 @@ def test_end_to_end_through_a_real_agent(rabbitmq: Broker, dkron_agent: Any, que
     assert rejected.status == 400 and "executor_config.message.base64Body" in rejected.body.decode()
     assert dkron_agent.post("/v1/jobs", job).status == 201
     execution_id = dkron_agent.post("/v1/jobs/publish/run").json()["execution_id"]
-    done = dkron_agent.wait_for(lambda: finished(dkron_agent, "publish", execution_id))
+    done = dkron_agent.wait_finished("publish", execution_id)
     assert done["status"] == "success", done
     assert "publisher confirm: ack" in done["output"]
     _, props, body = fetch(rabbitmq, queue_name)

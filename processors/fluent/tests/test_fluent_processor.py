@@ -228,13 +228,6 @@ def test_plugin_loads_through_entry_point() -> None:
     assert host.infos["fluent"].error == ""
 
 
-def finished(agent: Any, job: str, execution_id: str) -> dict[str, Any] | None:
-    """The execution once it has finished (None while it is unknown or running)."""
-    res = agent.get(f"/v1/jobs/{job}/executions/{execution_id}")
-    execution = res.json() if res.status == 200 else {}
-    return execution if execution.get("status") not in (None, "running") else None
-
-
 def test_end_to_end_through_a_real_agent(agent_factory: Any, receiver: Receiver) -> None:
     # As in Dkron, the agent's environment says where Fluent Bit is (here with Dkron's FLUENT_PORT).
     agent = agent_factory(env={"FLUENTBIT_HOST": "127.0.0.1", "FLUENT_PORT": str(receiver.port)}).start()
@@ -247,7 +240,7 @@ def test_end_to_end_through_a_real_agent(agent_factory: Any, receiver: Receiver)
     }
     assert agent.post("/v1/jobs", job).status == 201
     execution_id = agent.post("/v1/jobs/greet/run").json()["execution_id"]
-    done = agent.wait_for(lambda: finished(agent, "greet", execution_id))
+    done = agent.wait_finished("greet", execution_id)
     assert done["status"] == "success" and done["output"] == "Output sent to Fluent"
     [[tag, _, body]] = receiver.wait()
     assert tag == "dkron"

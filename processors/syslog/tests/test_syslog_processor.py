@@ -255,13 +255,6 @@ def test_plugin_loads_through_entry_point() -> None:
     assert host.infos["syslog"].error == ""
 
 
-def finished(agent: Any, job: str, execution_id: str) -> dict[str, Any] | None:
-    """The execution once it has finished (None while it is unknown or running)."""
-    res = agent.get(f"/v1/jobs/{job}/executions/{execution_id}")
-    execution = res.json() if res.status == 200 else {}
-    return execution if execution.get("status") not in (None, "running") else None
-
-
 def test_end_to_end_through_a_real_agent(dkron_agent: Any, udp: Receiver) -> None:
     job = {
         "name": "greet",
@@ -272,7 +265,7 @@ def test_end_to_end_through_a_real_agent(dkron_agent: Any, udp: Receiver) -> Non
     }
     assert dkron_agent.post("/v1/jobs", job).status == 201
     execution_id = dkron_agent.post("/v1/jobs/greet/run").json()["execution_id"]
-    done = dkron_agent.wait_for(lambda: finished(dkron_agent, "greet", execution_id))
+    done = dkron_agent.wait_finished("greet", execution_id)
     assert done["status"] == "success" and done["output"] == "Output in syslog"
     [message] = udp.wait()
     match = NETWORK.match(message)
