@@ -120,6 +120,10 @@ class Scheduler(FollowupPlanning):
         self._changes: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._leading = threading.Event()
+        #: Counts this node's terms in office. A leader deposed and re-elected while the planner
+        #: was blocked (e.g. in a Raft write) must take over again: its dispatcher dropped the
+        #: launches it had queued, and only a fresh takeover adopts them.
+        self._term_in_office = 0
         self._stop = threading.Event()
         self._jobs: dict[str, _Entry] = {}
         self._versions = itertools.count(1)
@@ -165,6 +169,8 @@ class Scheduler(FollowupPlanning):
     def set_leader(self, leading: bool) -> None:
         """Called when Raft leadership changes (from the tick thread: must not block)."""
         if leading and not self._retired:
+            if not self._leading.is_set():
+                self._term_in_office += 1
             self._leading.set()
         else:
             self._leading.clear()
@@ -228,6 +234,10 @@ class Scheduler(FollowupPlanning):
         self.on_leadership()
         self._plan.clear()
         self._jobs.clear()
+        with self._due_lock:
+            # Queued by an earlier term in office, if any; every one of them is a committed
+            # launch or claimed follow-up that the reconciliation below adopts again.
+            self._due.clear()
         while not self._changes.empty():
             self._changes.get_nowait()
         now = self._now_ms()
@@ -422,9 +432,10 @@ class Scheduler(FollowupPlanning):
         while not self._stop.is_set():
             if not self._leading.wait(0.5):
                 continue
+            term = self._term_in_office
             try:
                 self._become_leader()
-                while self._leading.is_set() and not self._stop.is_set():
+                while self._leading.is_set() and self._term_in_office == term and not self._stop.is_set():
                     self._plan_once()
             except StoreUnavailable as exc:
                 # Leadership lost (or no quorum) while taking over: the next leader takes over instead.
@@ -527,7 +538,12 @@ class Scheduler(FollowupPlanning):
             # Attempts of one run share its group; each attempt has its own execution id.
             one = replace(spec, node_name=node, execution_id=f"{spec.group + spec.attempt - 1}-{node}")
             outcome = self.placement.submit(one)
-            if outcome == "duplicate" and not self._started(one):
+            if (
+                outcome == "duplicate"
+                and not self._started(one)
+                # Queued again by a new term in office while it had just started here.
+                and not self.runner.is_running(one.job["name"], one.execution_id)
+            ):
                 # Recorded "lost" (it may still be running there): never retried.
                 self.record(
                     self._failed(one, "the run had started before its agent restarted; outcome unknown", status="lost")
