@@ -46,6 +46,8 @@ class Recorder:
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}
         self._cond = threading.Condition()
         self._stopping = False
+        #: At shutdown, uncommittable events are dropped after this moment (monotonic clock).
+        self._give_up_at = float("inf")
         self._inflight = 0
         self._thread = threading.Thread(target=self._loop, name="recorder", daemon=True)
 
@@ -95,7 +97,9 @@ class Recorder:
                 self._write("record", {"executions": batch, **self._retention()})
                 return
             except StoreUnavailable as exc:
-                if self._stopping and delay > 2:
+                if self._stopping and time.monotonic() >= self._give_up_at:
+                    # Remote runs' results are still held by their nodes, which send them to
+                    # the next leader; only this node's own runs lose their record here.
                     log.error("dropping %d execution events at shutdown: %s", len(batch), exc)
                     return
                 log.warning("execution records not committed yet (%s); retrying", exc)
@@ -115,8 +119,11 @@ class Recorder:
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Commit what is pending, for at most ``timeout`` seconds in all (plus one write)."""
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         with self._cond:
             self._stopping = True
+            self._give_up_at = deadline
             self._cond.notify_all()
-        self._thread.join(timeout)
+        self._thread.join(max(0.5, deadline - time.monotonic()) + 1.0)

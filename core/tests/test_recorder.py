@@ -1,0 +1,44 @@
+"""The recorder at shutdown: a stop is bounded even when nothing can commit.
+
+A leader stopping while its followers stop too (a whole cluster shut down at once) used to
+wait 20 s: the retry loop never gave up, so the flush and then the join each ran to their
+timeout. Here the store is unavailable for good, as it is without a quorum.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from dkron.recorder import Recorder
+from dkron.store.raft import StoreUnavailable
+
+
+def test_a_stop_without_quorum_drops_the_records_within_its_timeout(caplog) -> None:
+    writes: list[float] = []
+
+    def write(command: str, payload: dict[str, Any]) -> Any:
+        writes.append(time.monotonic())
+        raise StoreUnavailable("no leader")
+
+    recorder = Recorder(write, flush_interval=0.01)
+    recorder.start()
+    recorder.add({"job_name": "j", "id": "1", "status": "success"})
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="dkron.recorder"):
+        recorder.stop(timeout=1.0)
+    took = time.monotonic() - started
+    assert 0.9 <= took < 3.0, f"stop took {took:.2f}s with a 1 s timeout"
+    assert "dropping 1 execution events at shutdown" in caplog.text
+    assert len(writes) >= 2  # it did retry before giving up
+
+
+def test_a_stop_commits_what_is_pending() -> None:
+    committed: list[dict[str, Any]] = []
+    recorder = Recorder(lambda command, payload: committed.extend(payload["executions"]), flush_interval=0.01)
+    recorder.start()
+    recorder.add({"job_name": "j", "id": "1", "status": "running"})
+    recorder.add({"job_name": "j", "id": "1", "status": "success"})
+    recorder.stop(timeout=5.0)
+    assert [e["status"] for e in committed][-1] == "success"
