@@ -104,35 +104,45 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
 
 
 class TinyAgent(agent_pb2_grpc.AgentServiceServicer):
-    """Streams a canned execution: started, two output chunks, finished."""
+    """Answers a canned batch start and streams canned events: output chunks, then a result."""
 
     CHUNKS = (b"hello ", b"world\n")
 
     def __init__(self) -> None:
-        self.requests: list[agent_pb2.AgentRunRequest] = []
+        self.requests: list[agent_pb2.StartRunsRequest] = []
 
-    def AgentRun(
-        self, request: agent_pb2.AgentRunRequest, context: grpc.ServicerContext
-    ) -> Iterator[agent_pb2.AgentRunEvent]:
+    def StartRuns(
+        self, request: agent_pb2.StartRunsRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.StartRunsResponse:
         self.requests.append(request)
-        yield agent_pb2.AgentRunEvent(
-            started=agent_pb2.ExecutionStarted(
-                execution_id=request.execution_id, node_name="node-a", started_at_ms=1_000, pid=4242
-            )
-        )
-        offset = 0
+        starts = [
+            agent_pb2.RunStart(execution_id=run.execution_id, outcome=agent_pb2.RunStart.STARTED, started_at_ms=1_000)
+            for run in request.runs
+        ]
+        starts[-1].outcome = agent_pb2.RunStart.DUPLICATE
+        return agent_pb2.StartRunsResponse(starts=starts)
+
+    def WatchRuns(
+        self, request: agent_pb2.WatchRunsRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.RunEvents]:
+        yield agent_pb2.RunEvents()
+        offset, events = 0, []
         for chunk in self.CHUNKS:
-            yield agent_pb2.AgentRunEvent(output=agent_pb2.ExecutionOutput(chunk=chunk, offset=offset))
+            output = agent_pb2.ExecutionOutput(chunk=chunk, offset=offset)
+            events.append(agent_pb2.RunEvent(execution_id="exec-1", job_name="backup", output=output))
             offset += len(chunk)
-        yield agent_pb2.AgentRunEvent(
-            finished=agent_pb2.ExecutionFinished(
-                success=True,
-                exit_code=0,
-                finished_at_ms=2_000,
-                output_tail=b"".join(self.CHUNKS),
-                output_truncated=False,
-                output_bytes_total=offset,
-            )
+        yield agent_pb2.RunEvents(events=events)
+        finished = agent_pb2.ExecutionFinished(
+            success=True,
+            exit_code=0,
+            finished_at_ms=2_000,
+            started_at_ms=1_000,
+            output_tail=b"".join(self.CHUNKS),
+            output_truncated=False,
+            output_bytes_total=offset,
+        )
+        yield agent_pb2.RunEvents(
+            events=[agent_pb2.RunEvent(execution_id="exec-1", job_name="backup", finished=finished)]
         )
 
     def KillExecution(self, request: agent_pb2.KillRequest, context: grpc.ServicerContext) -> agent_pb2.KillResponse:
@@ -160,9 +170,9 @@ def agent_server() -> Iterator[tuple[TinyAgent, str]]:
         server.stop(grace=None).wait(5)
 
 
-def test_agent_run_streams_events_in_order(agent_server: tuple[TinyAgent, str]) -> None:
+def test_a_batch_start_and_the_runs_stream_cross_the_wire(agent_server: tuple[TinyAgent, str]) -> None:
     servicer, address = agent_server
-    request = agent_pb2.AgentRunRequest(
+    run = agent_pb2.AgentRunRequest(
         job=agent_pb2.JobSpec(
             name="backup",
             executor="shell",
@@ -176,29 +186,34 @@ def test_agent_run_streams_events_in_order(agent_server: tuple[TinyAgent, str]) 
         scheduled_at_ms=0,
         timeout_ms=30_000,
     )
+    again = agent_pb2.AgentRunRequest(job=run.job, run_id="run-1", execution_id="exec-2")
+    request = agent_pb2.StartRunsRequest(runs=[run, again], watch_id="w-1")
     with grpc.insecure_channel(address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        events = list(stub.AgentRun(request, timeout=RPC_TIMEOUT))
+        batches = list(stub.WatchRuns(agent_pb2.WatchRunsRequest(watch_id="w-1"), timeout=RPC_TIMEOUT))
+        answer = stub.StartRuns(request, timeout=RPC_TIMEOUT)
 
-    assert [event.WhichOneof("event") for event in events] == ["started", "output", "output", "finished"]
-    started, out1, out2, finished = events
-    assert started.started.execution_id == "exec-1"
-    assert started.started.node_name == "node-a"
-    assert started.started.HasField("pid") and started.started.pid == 4242
+    assert [(s.execution_id, s.outcome, s.started_at_ms) for s in answer.starts] == [
+        ("exec-1", agent_pb2.RunStart.STARTED, 1_000),
+        ("exec-2", agent_pb2.RunStart.DUPLICATE, 1_000),
+    ]
+    assert [len(batch.events) for batch in batches] == [0, 2, 1]  # registered, output, result
+    out1, out2 = batches[1].events
     assert [(out1.output.chunk, out1.output.offset), (out2.output.chunk, out2.output.offset)] == [
         (b"hello ", 0),
         (b"world\n", 6),
     ]
-    assert finished.finished.success
-    assert finished.finished.HasField("exit_code") and finished.finished.exit_code == 0
-    assert finished.finished.output_tail == b"hello world\n"
-    assert finished.finished.output_bytes_total == 12
-    assert not finished.finished.output_truncated
+    (last,) = batches[2].events
+    assert (last.job_name, last.execution_id, last.WhichOneof("event")) == ("backup", "exec-1", "finished")
+    finished = last.finished
+    assert finished.success and finished.HasField("exit_code") and finished.exit_code == 0
+    assert (finished.output_tail, finished.output_bytes_total, finished.started_at_ms) == (b"hello world\n", 12, 1_000)
+    assert not finished.output_truncated
 
     # The request crossed the wire intact, maps of messages included.
     (received,) = servicer.requests
     assert received == request
-    assert received.job.processors["log"].config["forward"] == "true"
+    assert received.runs[0].job.processors["log"].config["forward"] == "true"
 
 
 def test_agent_unary_calls(agent_server: tuple[TinyAgent, str]) -> None:
@@ -218,8 +233,9 @@ def test_services_and_package() -> None:
     cluster = cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"]
     assert agent.full_name == "dkron.v1.AgentService"
     assert cluster.full_name == "dkron.v1.ClusterService"
-    assert [m.name for m in agent.methods] == ["AgentRun", "KillExecution", "ActiveExecutions"]
-    assert agent.methods_by_name["AgentRun"].server_streaming
+    assert [m.name for m in agent.methods] == ["WatchRuns", "StartRuns", "KillExecution", "ActiveExecutions"]
+    assert agent.methods_by_name["WatchRuns"].server_streaming
+    assert not agent.methods_by_name["StartRuns"].server_streaming
     assert [m.name for m in cluster.methods] == [
         "Register",
         "Heartbeat",

@@ -120,9 +120,9 @@ class Agent:
         )
 
     def _start_grpc(self) -> None:
-        # One thread per AgentRun stream for as long as the run lasts, plus room for heartbeats,
-        # kills and forwarded writes: a fixed 64 capped a node at 64 runs in flight.
-        workers = self.config["max-concurrent-runs"] + 64
+        # Runs no longer hold a thread here (one WatchRuns stream per leader carries them all):
+        # the threads serve that stream, StartRuns batches, heartbeats, kills, forwarded writes.
+        workers = 64
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(

@@ -1,15 +1,15 @@
 """``AgentService``: what every node serves so the leader can run jobs on it.
 
-``AgentRun`` starts the execution through the local runner and streams it back: a ``started``
-event, ``output`` chunks as they are produced, and ``finished``. If the stream breaks (the
-leader died or was partitioned), the execution keeps running; its final record is handed to
-``on_orphaned_result``, which delivers it to whichever server leads next (``ExecutionDone``).
+A leader opens one ``WatchRuns`` stream per node and starts runs there in batches with
+``StartRuns``; each run's output and final result travel on that stream, batched with the
+other runs' (``watch.py``). When the stream is gone (the leader died or was partitioned), the
+executions keep running; their final records are handed to ``on_orphaned_result``, which
+delivers them to whichever server leads next (``ExecutionDone``).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from dkron.cluster.delivery import _ms
+from dkron.cluster.watch import Watchers
 from dkron.proto import agent_pb2, agent_pb2_grpc
 from dkron.runner import Runner, RunSpec
 
@@ -64,7 +65,7 @@ def request_from_spec(spec: RunSpec) -> agent_pb2.AgentRunRequest:
     )
 
 
-def finished_event(record: dict[str, Any]) -> agent_pb2.AgentRunEvent:
+def finished_message(record: dict[str, Any]) -> agent_pb2.ExecutionFinished:
     output = (record.get("output") or "").encode("utf-8", "replace")
     finished = agent_pb2.ExecutionFinished(
         success=bool(record.get("success")),
@@ -73,10 +74,18 @@ def finished_event(record: dict[str, Any]) -> agent_pb2.AgentRunEvent:
         output_tail=output,
         output_truncated=bool(record.get("output_truncated")),
         output_bytes_total=int(record.get("output_bytes") or len(output)),
+        started_at_ms=_ms(record.get("started_at")),
     )
     if record.get("exit_code") is not None:
         finished.exit_code = int(record["exit_code"])
-    return agent_pb2.AgentRunEvent(finished=finished)
+    return finished
+
+
+_OUTCOMES = {
+    "started": agent_pb2.RunStart.STARTED,
+    "duplicate": agent_pb2.RunStart.DUPLICATE,
+    "stopping": agent_pb2.RunStart.STOPPING,
+}
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -95,67 +104,54 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.on_orphaned_result = on_orphaned_result
         #: Told of every final result sent on a stream (the node holds it until confirmed).
         self.on_reported = on_reported or (lambda record: None)
+        self.watchers = Watchers(runner, on_orphaned_result)
 
-    def AgentRun(self, request: agent_pb2.AgentRunRequest, context: grpc.ServicerContext) -> Iterator[Any]:
-        spec = spec_from_request(request, self.node_name)
-        events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        state = {"streaming": True}
-
-        def report(record: dict[str, Any]) -> None:
-            if record["status"] != "running" and not state["streaming"]:
-                self.on_orphaned_result(record)  # nobody is listening: deliver it another way
-            else:
-                if record["status"] != "running":
-                    self.on_reported(record)
-                events.put(record)
-
-        outcome = self.runner.submit(spec, report)
-        if outcome != "started":
-            context.abort(
-                grpc.StatusCode.ALREADY_EXISTS if outcome == "duplicate" else grpc.StatusCode.UNAVAILABLE,
-                f"run {spec.run_id} {outcome} on {self.node_name}",
-            )
-        sent = 0
+    def WatchRuns(self, request: agent_pb2.WatchRunsRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        watcher = self.watchers.open(request.watch_id)
         try:
-            while True:
-                try:
-                    record = events.get(timeout=OUTPUT_POLL)
-                except queue.Empty:
-                    record = None
-                if record is not None and record["status"] == "running":
-                    yield agent_pb2.AgentRunEvent(
-                        started=agent_pb2.ExecutionStarted(
-                            execution_id=spec.execution_id,
-                            node_name=self.node_name,
-                            started_at_ms=_ms(record["started_at"]),
-                        )
-                    )
-                    continue
-                sent = yield from self._output_since(spec.job["name"], spec.execution_id, sent)
-                if record is not None:
-                    yield finished_event(record)
-                    return
-                if not context.is_active():
-                    raise grpc.RpcError("stream closed")
-        except (grpc.RpcError, GeneratorExit):
-            state["streaming"] = False
-            # A final record already queued but not sent must not be lost.
-            while not events.empty():
-                record = events.get_nowait()
-                if record["status"] != "running":
-                    self.on_orphaned_result(record)
-            raise
+            yield agent_pb2.RunEvents()  # registered: runs started from now on report here
+            while context.is_active():
+                events = watcher.next_events(OUTPUT_POLL)
+                if events:
+                    yield agent_pb2.RunEvents(events=events)
+        finally:
+            # Results queued but not sent must not be lost: they go through ExecutionDone.
+            self.watchers.close(watcher)
 
-    def _output_since(self, job: str, execution_id: str, sent: int) -> Iterator[Any]:
-        """Yield output written since offset ``sent``; return the new offset."""
-        buffer = self.runner.output_of(job, execution_id)
-        if buffer is None:
-            return sent
-        total, tail = buffer.total, buffer.text().encode("utf-8", "replace")
-        if total > sent:
-            new = tail[-(total - sent) :] if total - sent <= len(tail) else tail
-            yield agent_pb2.AgentRunEvent(output=agent_pb2.ExecutionOutput(chunk=new, offset=total - len(new)))
-        return total
+    def StartRuns(self, request: agent_pb2.StartRunsRequest, context: grpc.ServicerContext) -> Any:
+        starts = []
+        for run in request.runs:
+            spec = spec_from_request(run, self.node_name)
+            key = (spec.job["name"], spec.execution_id)
+            started: dict[str, Any] = {}
+            # Owned before it starts: its output and result must find the stream even if it
+            # ends before this call returns.
+            owned = self.watchers.own(request.watch_id, key)
+            outcome = self.runner.submit(spec, self._reporter(request.watch_id, started))
+            if outcome != "started" and owned:
+                self.watchers.disown(request.watch_id, key)
+            starts.append(
+                agent_pb2.RunStart(
+                    execution_id=spec.execution_id,
+                    outcome=_OUTCOMES[outcome],
+                    started_at_ms=_ms(started.get("started_at")) if outcome == "started" else 0,
+                )
+            )
+        return agent_pb2.StartRunsResponse(starts=starts)
+
+    def _reporter(self, watch_id: str, started: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+        def report(record: dict[str, Any]) -> None:
+            if record["status"] == "running":
+                started.update(record)  # synchronous, inside Runner.submit: the answer carries it
+                return
+            event = agent_pb2.RunEvent(
+                execution_id=record["id"], job_name=record["job_name"], finished=finished_message(record)
+            )
+            self.on_reported(record)  # held until a heartbeat answer confirms it committed
+            if not self.watchers.send_final(watch_id, record, event):
+                self.on_orphaned_result(record)  # nobody is listening: deliver it another way
+
+        return report
 
     def KillExecution(self, request: agent_pb2.KillRequest, context: grpc.ServicerContext) -> Any:
         return agent_pb2.KillResponse(

@@ -250,7 +250,7 @@ class Cluster:
         self._outbox.put(record)
 
     def reported(self, record: dict[str, Any]) -> None:
-        """A final result handed to the leader on its ``AgentRun`` stream: hold it until confirmed."""
+        """A final result handed to the leader on its ``WatchRuns`` stream: hold it until confirmed."""
         self.results.hold(record)
 
     def _outbox_loop(self) -> None:

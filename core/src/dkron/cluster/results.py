@@ -1,6 +1,6 @@
 """Results a worker keeps until the leader confirms they are committed.
 
-A leader acknowledges a result when it has it in memory (the end of an ``AgentRun`` stream, or
+A leader acknowledges a result when it has it in memory (on its ``WatchRuns`` stream, or
 an ``ExecutionDone`` reply), but it commits results in batches a few milliseconds later. If it
 dies in between, the result is gone, and the next leader would record the run as lost although
 it finished. So the worker keeps every final result it reported, lists it in its heartbeats

@@ -38,10 +38,15 @@ class AgentServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.AgentRun = channel.unary_stream(
-                '/dkron.v1.AgentService/AgentRun',
-                request_serializer=dkron_dot_proto_dot_agent__pb2.AgentRunRequest.SerializeToString,
-                response_deserializer=dkron_dot_proto_dot_agent__pb2.AgentRunEvent.FromString,
+        self.WatchRuns = channel.unary_stream(
+                '/dkron.v1.AgentService/WatchRuns',
+                request_serializer=dkron_dot_proto_dot_agent__pb2.WatchRunsRequest.SerializeToString,
+                response_deserializer=dkron_dot_proto_dot_agent__pb2.RunEvents.FromString,
+                _registered_method=True)
+        self.StartRuns = channel.unary_unary(
+                '/dkron.v1.AgentService/StartRuns',
+                request_serializer=dkron_dot_proto_dot_agent__pb2.StartRunsRequest.SerializeToString,
+                response_deserializer=dkron_dot_proto_dot_agent__pb2.StartRunsResponse.FromString,
                 _registered_method=True)
         self.KillExecution = channel.unary_unary(
                 '/dkron.v1.AgentService/KillExecution',
@@ -60,11 +65,21 @@ class AgentServiceServicer:
     ActiveExecutions and KillExecution too.
     """
 
-    def AgentRun(self, request, context):
-        """Runs one execution of a job on this node. The stream carries, in this order: exactly one
-        `started`, zero or more `output`, exactly one `finished`, then the server ends the call.
-        If the caller goes away before `finished` is delivered, the node keeps running the
-        execution and reports the result through ClusterService.ExecutionDone instead.
+    def WatchRuns(self, request, context):
+        """Opens the feed of the executions a leader starts on this node with this `watch_id`: a
+        first, empty RunEvents says the feed is registered; then output chunks as they are
+        produced and each execution's final result, in batches. The stream lasts until the leader
+        cancels it. Results of executions whose feed is gone (leader crash, failover, network cut)
+        are delivered with ClusterService.ExecutionDone instead; nothing is lost with the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRuns(self, request, context):
+        """Starts a batch of executions on this node and answers, for each, whether it started
+        (with its start time). Its output and result come on the WatchRuns stream named in the
+        request. A run id this node already started is refused (DUPLICATE) and never run twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,7 +87,7 @@ class AgentServiceServicer:
 
     def KillExecution(self, request, context):
         """Asks this node to stop a running execution (cancels its CancelToken). The execution still
-        ends normally on its AgentRun stream, with a `finished` event reporting the failure.
+        ends normally, with a final result reporting the failure.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,10 +104,15 @@ class AgentServiceServicer:
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'AgentRun': grpc.unary_stream_rpc_method_handler(
-                    servicer.AgentRun,
-                    request_deserializer=dkron_dot_proto_dot_agent__pb2.AgentRunRequest.FromString,
-                    response_serializer=dkron_dot_proto_dot_agent__pb2.AgentRunEvent.SerializeToString,
+            'WatchRuns': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRuns,
+                    request_deserializer=dkron_dot_proto_dot_agent__pb2.WatchRunsRequest.FromString,
+                    response_serializer=dkron_dot_proto_dot_agent__pb2.RunEvents.SerializeToString,
+            ),
+            'StartRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRuns,
+                    request_deserializer=dkron_dot_proto_dot_agent__pb2.StartRunsRequest.FromString,
+                    response_serializer=dkron_dot_proto_dot_agent__pb2.StartRunsResponse.SerializeToString,
             ),
             'KillExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.KillExecution,
@@ -118,7 +138,7 @@ class AgentService:
     """
 
     @staticmethod
-    def AgentRun(request,
+    def WatchRuns(request,
             target,
             options=(),
             channel_credentials=None,
@@ -131,9 +151,36 @@ class AgentService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/dkron.v1.AgentService/AgentRun',
-            dkron_dot_proto_dot_agent__pb2.AgentRunRequest.SerializeToString,
-            dkron_dot_proto_dot_agent__pb2.AgentRunEvent.FromString,
+            '/dkron.v1.AgentService/WatchRuns',
+            dkron_dot_proto_dot_agent__pb2.WatchRunsRequest.SerializeToString,
+            dkron_dot_proto_dot_agent__pb2.RunEvents.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dkron.v1.AgentService/StartRuns',
+            dkron_dot_proto_dot_agent__pb2.StartRunsRequest.SerializeToString,
+            dkron_dot_proto_dot_agent__pb2.StartRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

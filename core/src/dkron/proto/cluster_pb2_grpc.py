@@ -104,7 +104,7 @@ class ClusterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecutionDone(self, request, context):
-        """A worker reports an execution's final result when the AgentRun stream to the leader that
+        """A worker reports an execution's final result when the WatchRuns stream of the leader that
         dispatched it broke (leader crash, failover, network cut). Idempotent: a result already
         recorded for the execution_id is acknowledged and not applied twice.
         """
