@@ -42,3 +42,14 @@ def test_a_stop_commits_what_is_pending() -> None:
     recorder.add({"job_name": "j", "id": "1", "status": "success"})
     recorder.stop(timeout=5.0)
     assert [e["status"] for e in committed][-1] == "success"
+
+
+def test_a_start_reported_after_the_result_does_not_replace_it() -> None:
+    """A leader may hear a run's result (its stream) before its start (the StartRuns answer)."""
+    committed: list[dict[str, Any]] = []
+    recorder = Recorder(lambda command, payload: committed.extend(payload["executions"]), flush_interval=0.5)
+    recorder.start()
+    recorder.add({"job_name": "j", "id": "1", "status": "success"})
+    recorder.add({"job_name": "j", "id": "1", "status": "running"})
+    recorder.stop(timeout=5.0)
+    assert [e["status"] for e in committed] == ["success"]

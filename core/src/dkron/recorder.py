@@ -55,8 +55,11 @@ class Recorder:
         self._thread.start()
 
     def add(self, event: dict[str, Any]) -> None:
+        key = (event["job_name"], event["id"])
         with self._cond:
-            self._pending[(event["job_name"], event["id"])] = event
+            if event.get("status") == "running" and key in self._pending:
+                return  # a late start never replaces the final record on its way (or itself)
+            self._pending[key] = event
             if len(self._pending) >= self._max_batch:
                 self._cond.notify()
 
