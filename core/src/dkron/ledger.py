@@ -37,16 +37,24 @@ class RunLedger:
 
     def claim(self, key: str) -> bool:
         """Record ``key`` as started; False if it was already started here."""
+        return self.claim_many([key])[0]
+
+    def claim_many(self, keys: list[str]) -> list[bool]:
+        """Record each of ``keys`` as started, in one write; False for those already started."""
         with self._lock:
-            if key in self._seen:
-                return False
-            self._remember(key)
-            if self._fd is not None:
-                os.write(self._fd, (key + "\n").encode())
-                self._lines += 1
+            fresh = []
+            for key in keys:
+                new = key not in self._seen
+                if new:
+                    self._remember(key)
+                fresh.append(new)
+            claimed = [key for key, new in zip(keys, fresh, strict=True) if new]
+            if self._fd is not None and claimed:
+                os.write(self._fd, "".join(key + "\n" for key in claimed).encode())
+                self._lines += len(claimed)
                 if self._lines > 2 * self.cap:
                     self._compact()
-            return True
+            return fresh
 
     def _compact(self) -> None:
         """Rewrite the file with the remembered keys only (atomic rename)."""

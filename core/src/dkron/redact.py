@@ -79,6 +79,8 @@ def output_masks(job: Mapping[str, Any], executors: ExecutorRegistry) -> tuple[b
 
     Longest first (a secret containing another is masked whole). Values shorter than
     :data:`MIN_MASKED_SECRET` are left alone: masking ``"abc"`` would garble ordinary output."""
+    if not secret_keys(job, executors).intersection(job.get("executor_config") or {}):
+        return ()  # the common case, once per run: no secret to look for
     values = secret_values(job, executors, min_length=MIN_MASKED_SECRET)
     return tuple(sorted((value.encode("utf-8", "surrogatepass") for value in values), key=len, reverse=True))
 

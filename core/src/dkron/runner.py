@@ -134,19 +134,30 @@ class Runner:
         """Start ``spec`` in the background. Returns "started", "duplicate" or "stopping".
 
         ``report`` receives the execution's records (running, then final); by default they go to
-        the local recorder. A run dispatched by a remote leader reports over its gRPC stream.
+        the local recorder. A run dispatched by a remote leader reports on the leader's stream.
         """
+        return self.submit_many([(spec, report)])[0]
+
+    def submit_many(self, runs: list[tuple[RunSpec, Report | None]]) -> list[str]:
+        """:meth:`submit` for a batch (a leader's StartRuns): one ledger write for all of them."""
         with self._lock:
             if not self._accepting:
-                return "stopping"
-            if not self.ledger.claim(f"{spec.run_id}#{spec.attempt}"):
-                return "duplicate"
-            masks = output_masks(spec.job, self.executors)
-            running = Running(spec, _now(), TailBuffer(self.max_output_bytes, masks), report or self._record)
-            self._running[(spec.job["name"], spec.execution_id)] = running
-        running.report(self._event(running, "running"))
-        self._pool.submit(self._run, running)
-        return "started"
+                return ["stopping"] * len(runs)
+            fresh = self.ledger.claim_many([f"{spec.run_id}#{spec.attempt}" for spec, _ in runs])
+            outcomes, started = [], []
+            for (spec, report), new in zip(runs, fresh, strict=True):
+                if not new:
+                    outcomes.append("duplicate")
+                    continue
+                masks = output_masks(spec.job, self.executors)
+                running = Running(spec, _now(), TailBuffer(self.max_output_bytes, masks), report or self._record)
+                self._running[(spec.job["name"], spec.execution_id)] = running
+                started.append(running)
+                outcomes.append("started")
+        for running in started:
+            running.report(self._event(running, "running"))
+            self._pool.submit(self._run, running)
+        return outcomes
 
     def _event(self, running: Running, status: str, **extra: Any) -> dict[str, Any]:
         spec = running.spec

@@ -119,25 +119,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self.watchers.close(watcher)
 
     def StartRuns(self, request: agent_pb2.StartRunsRequest, context: grpc.ServicerContext) -> Any:
-        starts = []
-        for run in request.runs:
-            spec = spec_from_request(run, self.node_name)
-            key = (spec.job["name"], spec.execution_id)
-            started: dict[str, Any] = {}
-            # Owned before it starts: its output and result must find the stream even if it
-            # ends before this call returns.
-            owned = self.watchers.own(request.watch_id, key)
-            outcome = self.runner.submit(spec, self._reporter(request.watch_id, started))
-            if outcome != "started" and owned:
+        specs = [spec_from_request(run, self.node_name) for run in request.runs]
+        keys = [(spec.job["name"], spec.execution_id) for spec in specs]
+        # Owned before they start: output and results must find the stream even if a run ends
+        # before this call returns.
+        owned = [self.watchers.own(request.watch_id, key) for key in keys]
+        starts: list[dict[str, Any]] = [{} for _ in specs]
+        outcomes = self.runner.submit_many(
+            [(spec, self._reporter(request.watch_id, start)) for spec, start in zip(specs, starts, strict=True)]
+        )
+        answer = []
+        for spec, key, new, outcome, start in zip(specs, keys, owned, outcomes, starts, strict=True):
+            if outcome != "started" and new:
                 self.watchers.disown(request.watch_id, key)
-            starts.append(
+            answer.append(
                 agent_pb2.RunStart(
                     execution_id=spec.execution_id,
                     outcome=_OUTCOMES[outcome],
-                    started_at_ms=_ms(started.get("started_at")) if outcome == "started" else 0,
+                    started_at_ms=_ms(start.get("started_at")) if outcome == "started" else 0,
                 )
             )
-        return agent_pb2.StartRunsResponse(starts=starts)
+        return agent_pb2.StartRunsResponse(starts=answer)
 
     def _reporter(self, watch_id: str, started: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         def report(record: dict[str, Any]) -> None:
