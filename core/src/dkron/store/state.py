@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS executions (
 CREATE INDEX IF NOT EXISTS executions_run ON executions(run_id);
 CREATE INDEX IF NOT EXISTS executions_job_started ON executions(job, started_at);
 CREATE INDEX IF NOT EXISTS executions_running ON executions(status) WHERE status = 'running';
+-- Retention's "more than N finished executions?" check walks this, not the table.
+CREATE INDEX IF NOT EXISTS executions_finished ON executions(job) WHERE status != 'running';
 CREATE TABLE IF NOT EXISTS launches (
     job TEXT NOT NULL,
     scheduled_ms INTEGER NOT NULL,
@@ -341,7 +343,7 @@ class StateMachine:
         """Upsert execution records (started, finished, skipped, missed, lost) and job counters."""
         keep = payload.get("keep_per_job", 100)
         oldest = payload.get("keep_since")
-        touched: set[str] = set()
+        finished: set[str] = set()  # jobs with a new finished execution: the ones to trim
         written: list[dict[str, Any]] = []
         for ex in payload["executions"]:
             job = ex["job_name"]
@@ -378,11 +380,12 @@ class StateMachine:
             self._count(job, ex)
             if ex.get("run_id"):
                 self.db.execute("UPDATE launches SET started=1 WHERE run_id=? AND started=0", (ex["run_id"],))
-            touched.add(job)
+            if ex["status"] != "running":
+                finished.add(job)
             written.append(ex)
         # Retries, dependent runs and ephemeral deletion follow from the records just written.
         follow = followups.after_record(self.db, written, payload.get("now_ms", 0))
-        for job in touched - set(follow["deleted"]):
+        for job in finished - set(follow["deleted"]):
             self._trim(job, keep, oldest)
         return {"recorded": len(payload["executions"]), **follow}
 
@@ -411,13 +414,23 @@ class StateMachine:
             )
 
     def _trim(self, job: str, keep: int, oldest: str | None) -> None:
-        """Retention: at most ``keep`` finished executions per job, none older than ``oldest``."""
-        self.db.execute(
-            """DELETE FROM executions WHERE job=? AND status != 'running' AND id IN (
+        """Retention: ``keep`` finished executions per job, none older than ``oldest``.
+
+        Trimmed in steps: only once more than ``keep`` + a tenth have piled up, back to
+        ``keep``. Trimming on every record sorted each job's history once per batch, 85 % of
+        the apply time at 500 runs a second (on every server); a check without a sort is cheap.
+        """
+        slack = keep // 10
+        over = self.db.execute(
+            "SELECT 1 FROM executions WHERE job=? AND status != 'running' LIMIT 1 OFFSET ?", (job, keep + slack)
+        ).fetchone()
+        if over is not None:
+            self.db.execute(
+                """DELETE FROM executions WHERE job=? AND status != 'running' AND id IN (
                    SELECT id FROM executions WHERE job=? AND status != 'running'
                    ORDER BY started_at DESC, id DESC LIMIT -1 OFFSET ?)""",
-            (job, job, keep),
-        )
+                (job, job, keep),
+            )
         if oldest:
             self.db.execute(
                 "DELETE FROM executions WHERE job=? AND status != 'running' AND started_at < ?", (job, oldest)
