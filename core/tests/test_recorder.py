@@ -53,3 +53,15 @@ def test_a_start_reported_after_the_result_does_not_replace_it() -> None:
     recorder.add({"job_name": "j", "id": "1", "status": "running"})
     recorder.stop(timeout=5.0)
     assert [e["status"] for e in committed] == ["success"]
+
+
+def test_a_stop_gives_up_at_once_when_told_nothing_can_commit_any_more() -> None:
+    def write(command: str, payload: dict[str, Any]) -> Any:
+        raise StoreUnavailable("no leader")
+
+    recorder = Recorder(write, flush_interval=0.01)
+    recorder.start()
+    recorder.add({"job_name": "j", "id": "1", "status": "success"})
+    started = time.monotonic()
+    recorder.stop(timeout=10.0, abandon=lambda: True)  # e.g. the leader is gone too
+    assert time.monotonic() - started < 2.0

@@ -378,8 +378,10 @@ class Agent:
         if self.is_server:
             # Without a leader nothing can commit: do not wait 10 s for it (remote runs' results
             # are still held by their agents and sent to the next leader).
-            quorum = self.raft is not None and self.raft.leader_addr() is not None
-            self.recorder.stop(timeout=10 if quorum else 2)
+            raft = self.raft
+            quorum = raft is not None and raft.leader_addr() is not None
+            # The whole cluster may be stopping at once: give up as soon as the leader is gone.
+            self.recorder.stop(timeout=10 if quorum else 2, abandon=lambda: raft is None or raft.leader_addr() is None)
             self.notifier.stop()
             self.scheduler.stop()
             if self.reaper is not None:

@@ -48,6 +48,7 @@ class Recorder:
         self._stopping = False
         #: At shutdown, uncommittable events are dropped after this moment (monotonic clock).
         self._give_up_at = float("inf")
+        self._abandon: Callable[[], bool] = lambda: False
         self._inflight = 0
         self._thread = threading.Thread(target=self._loop, name="recorder", daemon=True)
 
@@ -100,7 +101,7 @@ class Recorder:
                 self._write("record", {"executions": batch, **self._retention()})
                 return
             except StoreUnavailable as exc:
-                if self._stopping and time.monotonic() >= self._give_up_at:
+                if self._stopping and (time.monotonic() >= self._give_up_at or self._abandon()):
                     # Remote runs' results are still held by their nodes, which send them to
                     # the next leader; only this node's own runs lose their record here.
                     log.error("dropping %d execution events at shutdown: %s", len(batch), exc)
@@ -121,12 +122,14 @@ class Recorder:
                 self._cond.wait(min(remaining, 0.05))
         return True
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Commit what is pending, for at most ``timeout`` seconds in all (plus one write)."""
+    def stop(self, timeout: float = 10.0, abandon: Callable[[], bool] = lambda: False) -> None:
+        """Commit what is pending, for at most ``timeout`` seconds in all (plus one write), or
+        until ``abandon()`` says it cannot commit any more (e.g. no leader left)."""
         deadline = time.monotonic() + timeout
-        self.flush(timeout)
         with self._cond:
             self._stopping = True
             self._give_up_at = deadline
+            self._abandon = abandon
             self._cond.notify_all()
+        self.flush(timeout)
         self._thread.join(max(0.5, deadline - time.monotonic()) + 1.0)
