@@ -1,13 +1,13 @@
 """The chaos run of ``bench/chaos.py`` in its bounded CI form (~2 minutes).
 
-3 servers + 2 agents (``pool=web``) as real processes on 127.0.0.1, 20 jobs ``@every 1s`` with tags
+3 servers + 2 agents (``pool=web``) as real processes on 127.0.0.1, 50 jobs ``@every 1s`` with tags
 ``{"pool": "web:1"}``, each appending its ``$DKRON_RUN_ID`` and node name to its own file. For
 about 90 s the leader is, every few seconds, either ``kill -9``-ed and restarted after 1-3 s or
 ``kill -STOP``-ped for 1-3 s. Then the run settles and every node stops gracefully.
 
 Asserted: no run id started twice; every tick of every job between its first and last run either
 ran, or is covered by a ``missed`` execution, or has a ``skipped``/``lost``/``failed`` execution
-with a reason; all 20 job definitions on every server; scheduling resumed after every fault.
+with a reason; all 50 job definitions on every server; scheduling resumed after every fault.
 
 The seed is random and printed (``DKRON_CHAOS_SEED=<n>`` replays the same fault sequence; the
 moments still depend on the machine). Run with ``-s`` to see the report.
@@ -26,7 +26,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 CHAOS_SECONDS = 90
-JOBS = 20
+JOBS = 50
 
 
 def load_chaos() -> ModuleType:
