@@ -31,50 +31,34 @@ process starts), so **lateness = process start - scheduled second**, spawn inclu
 
 The last line of the output is one JSON object, as in the other benchmarks.
 
-Measured on the 2-core machine shared with other engineers' test suites (2026-11-30; every
-run prints load1 in its header; each node is one CPython process):
+Measured on this 2-core VM (each node one CPython process; every run prints load1 in its header).
 
-(a) ``--sections a`` (counts 100, 250, 500; 15 s windows), three runs:
+**Since batched dispatch** (2026-11-30, code d06e240..8639d66: one ``StartRuns`` call per node and
+instant, one ``WatchRuns`` stream per node; before, one ``AgentRun`` stream per run):
 
-    ====== ==================== ==================== ======================== =================
-    jobs   load1 2.2            load1 0.6            load1 17.7 (other suite) leader / agents
-                                                                              CPU % (load1 0.6)
-    ====== ==================== ==================== ======================== =================
-    100    100/s, p99 190 ms    100/s, p99 244 ms    100/s, p99 248 ms        13 / 8 + 7
-    250    233/s, p99 396 ms *  250/s, p99 513 ms    250/s, p99 539 ms        32 / 18 + 19
-    500    467/s, p99 823 ms *  367/s, p99 4053 ms   269/s, p99 14281 ms      27 / 31 + 30
-    ====== ==================== ==================== ======================== =================
+(a) ``--sections a --counts 500 --seconds 15``, 17 runs at 500 jobs (some with recorder settings
+    tried and dropped: holding "running" records 0.5 s, flushing every 0.3 s; neither changed the
+    figures): p99 330-490 ms, **median 428 ms**, two outliers at 610 and 842 ms; p50 165-230 ms;
+    500/s launched, never a duplicate. Machine 75-100 % of 200 (was 183 %), leader 15-21 % (was
+    38 %), agents 12-17 % each (was 34 %). At 250 jobs: p99 171 and 217 ms; at 100: 82 ms.
+    **Target (>= 500/s with p99 <= 250 ms): not met; met at 250/s.** Where the time goes (a
+    probe comparing the agents' ``started_at`` in the execution records with the stamps):
+    scheduled -> accepted by the agent p50 20-27 ms, p99 42-136 ms; accepted -> process running
+    p50 160-210 ms, p99 370-460 ms. Spawning is the floor: our runner + shell executor alone, two
+    processes each starting 250 runs at once on this VM (no cluster at all), reach p99 ~290 ms;
+    a C ``posix_spawn`` loop in two processes ~150-190 ms (bench/README.md, probe_spawn_floor).
+(b) ``--sections b --herd-jobs 5000``, three runs: all 5,000 started by **T+3.55, 4.11 and
+    4.22 s** (load1 0.4 / 10 / 17.7 at the start), none lost, no duplicate; p50 1.8-2.2 s.
+    **Target (all within 5 s): met** (was T+9.8 to 14.7 s).
+(c) ``--sections c``: failover median **0.72 s** (0.69-1.23 s over 5 kills), every active job's
+    first two ticks after each kill started. **Target (median <= 1 s): met.**
 
-    ``*``: one whole tick of the window never launched (that work dir was not kept; in the later
-    runs, such ticks came with leader changes and ``missed`` records). At 500 jobs the machine is saturated
-    (195-199 % of 200) and Raft leadership flaps (the last two runs: 10-15 elections in ~10 s,
-    after followers logged ``failed _onTick`` / ``pickle data was truncated`` for a >64 KiB
-    entry); the backlog then grows. No duplicates in any run. Target (>= 500 launches/s with
-    p99 <= 250 ms): **not met**; ~250 launches/s is sustained with p99 ~0.4-0.5 s.
+Earlier figures, with one ``AgentRun`` stream per run:
 
-(b) ``--sections b`` (5,000 jobs ``@at`` one second, load1 2.0): all 5,000 started, none lost,
-    no duplicate; the first 11 ms after T, half by T+5.4 s, all by **T+9.8 s** (a steady
-    ~510 launches/s; leader 61 % CPU, agents 30 % each, machine 158 %). Target (all within
-    5 s): **not met**. Both followers logged ``failed _onTick`` (truncated pickle) for the
-    5,000-launch Raft entry; it was re-sent and committed.
-
-(c) ``--sections c`` (1,000 jobs, 100 every second, 5 kill -9 of the leader), two runs:
-    code 0e05480, load1 4.2: failover 0.63 / 0.67 / 0.76 / 0.72 / 0.71 s, **median 0.71 s**;
-    code 9c93b21 (new leaders commit a barrier first), load1 1.1: 1.43 / 0.87 / 0.64 / 0.73 /
-    1.14 s, **median 0.87 s**. A surviving server answered ``/v1/isleader`` a median 0.65 s and
-    0.75 s after the kill (the election is most of the failover); every active job's first two
-    ticks after each kill started (100/100). Target (median <= 1 s): **met** in both runs.
-
-Code versions: (a) load1 2.2 and 17.7 on 138f675/0e05480, load1 0.6 on 9c93b21; (b) on 0e05480.
-
-2026-11-30, quiet machine (load1 ~1), code 0818bb2: (a) 250 jobs: 250/s, p50 231 ms, p99 489 ms;
-500 jobs: 500/s, p50 3.1 s, p99 4.1 s (leader 38 % CPU, agents 34 % each, machine 183 %). With
-``--node-args "--max-concurrent-runs 256"`` 500 jobs reach p99 1.5-1.7 s (two runs; a third, with
-py-spy attached, 3.8 s): a node's 64 run slots were the queue. py-spy (``--gil``) on the leader:
-46 % of its GIL time is the per-run ``AgentRun`` stream (gRPC's channel spin thread and condition
-hand-offs), the scheduler 9 %, Raft apply 8 %. (b) with the default 64 slots: all 5,000 started
-by T+11.5 s (load1 ~2); with 256 slots and 1,024 dispatch streams: T+37.6 s, the Raft tick thread
-starved ("did not run for 0.2-0.6 s") and leadership changed, so the default stays 64.
+(a) counts 100, 250, 500 (15 s windows): 500 jobs p99 0.8-14 s depending on load (4.1 s on a quiet
+    machine, 1.5-1.7 s with ``--max-concurrent-runs 256``); 250 jobs p99 0.4-0.5 s. py-spy
+    (``--gil``) on the leader: 46 % of its GIL time in the per-run ``AgentRun`` streams.
+(b) 5,000 jobs: all started by T+9.8 to 14.7 s. (c) failover median 0.71 / 0.87 s.
 """
 
 from __future__ import annotations
