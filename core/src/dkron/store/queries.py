@@ -231,15 +231,23 @@ class Reader:
         return [execution_json(row) for row in rows]
 
     def settled_results(self, refs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Which (job, execution id) pairs need no more reports: final record committed, or job gone."""
-        settled = []
-        for job, execution_id in refs:
-            row = self.db.execute(
-                "SELECT e.status, j.name FROM jobs j LEFT JOIN executions e ON e.job=j.name AND e.id=? WHERE j.name=?",
-                (execution_id, job),
-            ).fetchone()
-            if row is None or (row[0] is not None and row[0] != "running"):
-                settled.append((job, execution_id))
+        """Which (job, execution id) pairs need no more reports: final record committed, or job gone.
+
+        One query per 400 pairs: a node lists every result it holds in each heartbeat, hundreds a
+        second at high launch rates."""
+        settled: list[tuple[str, str]] = []
+        for start in range(0, len(refs), 400):
+            chunk = refs[start : start + 400]
+            values = ",".join("(?,?)" for _ in chunk)
+            rows = self.db.execute(
+                f"""WITH refs(job, id) AS (VALUES {values})
+                    SELECT refs.job, refs.id FROM refs
+                    LEFT JOIN jobs j ON j.name = refs.job
+                    LEFT JOIN executions e ON e.job = refs.job AND e.id = refs.id
+                    WHERE j.name IS NULL OR (e.status IS NOT NULL AND e.status != 'running')""",
+                [value for pair in chunk for value in pair],
+            )
+            settled += [(row[0], row[1]) for row in rows]
         return settled
 
     def nodes_of_attempt(self, job: str, run_id: str, attempt: int) -> list[str]:
