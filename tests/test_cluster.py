@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,46 @@ NOPE_MANUAL = {
     "tags": {"pool": "nope"},
     "executor_config": {"command": "true"},
 }
+
+
+def metric(node: Node, name: str) -> float:
+    text = node.get("/metrics").body.decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics of {node.name}"
+    return float(match.group(1))
+
+
+def test_runs_due_together_start_in_a_few_calls_and_one_stream(healthy: LocalCluster) -> None:
+    """40 one-shot jobs due in the same second on one agent: a handful of StartRuns calls, not 40."""
+    leader = healthy.leader()
+    calls, runs = metric(leader, "dkron_dispatch_calls_total"), metric(leader, "dkron_dispatch_runs_total")
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
+    names = [f"herd-{i:02d}" for i in range(40)]
+    try:
+        for name in names:
+            healthy.create_job(
+                {
+                    "name": name,
+                    "schedule": f"@at {due.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                    "tags": {"zone": "b"},
+                    "executor_config": {"command": "echo $DKRON_RUN_ID"},
+                }
+            )
+        done = wait_for(
+            lambda: all(any(e["status"] == "success" for e in healthy.executions(n)) for n in names) or None,
+            30,
+            "40 one-shot runs",
+        )
+        assert done
+        assert {e["node_name"] for n in names for e in healthy.executions(n)} == {"a2"}
+        assert healthy.leader().name == leader.name, "leadership moved during the test"
+        assert metric(leader, "dkron_dispatch_runs_total") - runs == 40
+        made = metric(leader, "dkron_dispatch_calls_total") - calls
+        assert 1 <= made <= 4, f"{made:.0f} StartRuns calls for 40 runs due in the same second"
+        assert metric(leader, "dkron_dispatch_streams") >= 1
+    finally:
+        for name in names:
+            healthy.delete_job(name)
 
 
 def test_manual_run_refused_through_a_follower_is_409(healthy: LocalCluster) -> None:

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -116,6 +116,20 @@ class _StateCollector(Collector):
             if info.error:
                 errors.add_metric([name], 1.0)
         yield errors
+        placement = getattr(agent, "placement", None)
+        stats = getattr(placement, "stats", None)
+        if stats is not None:  # a server: what it dispatched to other nodes while it led
+            calls = CounterMetricFamily("dkron_dispatch_calls", "StartRuns calls made to start runs on other nodes")
+            calls.add_metric([], float(stats["calls"]))
+            yield calls
+            runs = CounterMetricFamily(
+                "dkron_dispatch_runs", "runs started on other nodes (runs / calls: how many one call carries)"
+            )
+            runs.add_metric([], float(stats["runs"]))
+            yield runs
+            streams = GaugeMetricFamily("dkron_dispatch_streams", "open WatchRuns streams (one per node in use)")
+            streams.add_metric([], float(placement.open_streams()))
+            yield streams
         notifier = getattr(agent, "notifier", None)
         sent = GaugeMetricFamily(
             "dkron_notifications", "notifications by channel and outcome since start", labels=["channel", "outcome"]

@@ -81,6 +81,8 @@ class ClusterPlacement:
         self._lock = threading.Lock()
         self._remote: dict[tuple[str, str], dict[str, Any]] = {}
         self._links: dict[str, _Link] = {}
+        #: For /metrics: StartRuns calls made and runs they carried (runs / calls = batch size).
+        self.stats = {"calls": 0, "runs": 0}
         self._closed = threading.Event()
         threading.Thread(target=self._close_idle_loop, name="dispatch-idle", daemon=True).start()
 
@@ -161,6 +163,9 @@ class ClusterPlacement:
                     live["watch"] = watch_id
         request = agent_pb2.StartRunsRequest(runs=[request_from_spec(spec) for spec in batch], watch_id=watch_id)
         stub = self.channels.agent(link.rpc_addr)
+        with self._lock:
+            self.stats["calls"] += 1
+            self.stats["runs"] += len(batch)
         try:
             response = stub.StartRuns(request, timeout=START_TIMEOUT)
             retried = False
@@ -169,6 +174,8 @@ class ClusterPlacement:
             # safe (it refuses a run id it started: DUPLICATE) and tells which ones did.
             log.info("StartRuns to %s failed (%s); asking again", link.name, _code(first))
             time.sleep(0.2)
+            with self._lock:
+                self.stats["calls"] += 1
             try:
                 response = stub.StartRuns(request, timeout=START_TIMEOUT)
                 retried = True
@@ -292,6 +299,10 @@ class ClusterPlacement:
                 "output_bytes": done.output_bytes_total,
             }
         )
+
+    def open_streams(self) -> int:
+        with self._lock:
+            return sum(1 for link in self._links.values() if link.call is not None)
 
     def _cancel(self, link: _Link) -> None:
         """Close ``link``'s stream (with the lock held); its receiver cleans up."""
