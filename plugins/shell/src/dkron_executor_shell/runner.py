@@ -124,7 +124,7 @@ class _Sink:
         self.write(prefix + message.encode() + b"\n")
 
 
-def run(cfg: ShellConfig, env: Mapping[str, str], output: OutputSink, cancel: CancelToken) -> ExecutionResult:
+def run(cfg: ShellConfig, env: Mapping[bytes, bytes], output: OutputSink, cancel: CancelToken) -> ExecutionResult:
     """Start ``cfg.argv`` and supervise it until it exits (and its output pipe closes)."""
     out_r, out_w = os.pipe()
     stdin_r = stdin_w = None
