@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dkron.localcluster import wait_for
 from dkron.testing import AgentProcess
 
 pytest.importorskip("aiosmtpd", reason="the notification tests need aiosmtpd (dev dependency)")
@@ -94,6 +95,40 @@ def shell_job(name: str, command: str, **extra: Any) -> dict[str, Any]:
 def finished_runs(agent: AgentProcess, job: str) -> list[dict[str, Any]]:
     executions = agent.get(f"/v1/jobs/{job}/executions").json()
     return [e for e in executions if e["status"] not in ("running",)]
+
+
+# aiosmtpd does not count SMTPS as TLS for AUTH (see email_support.start_smtp) and says so.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_email_over_smtps_with_auth_and_a_wrong_password_is_refused(agent_factory, tls_files, tmp_path):
+    """SMTPS (TLS from the first byte, port 465 style) with AUTH; a wrong password sends nothing."""
+    smtps = start_smtp(tls_files, auth={"dkron": "s3cret"}, tls="tls")
+    try:
+        common = (
+            "--mail-host=127.0.0.1",
+            f"--mail-port={smtps.port}",
+            "--mail-username=dkron",
+            "--mail-tls=tls",
+            f"--mail-ca-file={tls_files.ca_file}",
+            "--mail-from=dkron@example.test",
+        )
+        agent = agent_factory(tmp_path / "ok", extra_args=common, env={"DKRON_MAIL_PASSWORD": "s3cret"}).start()
+        assert (
+            agent.post("/v1/jobs", shell_job("smtps", "echo over tls", owner_email="owner@example.test")).status == 201
+        )
+        assert agent.run_and_wait("smtps")["status"] == "success"
+        [mail] = smtps.wait_for_messages(1)
+        assert mail.tls and mail.login == "dkron" and mail.rcpt_tos == ["owner@example.test"]
+        assert "over tls" in mail.message.get_content()
+        agent.stop()
+
+        wrong = agent_factory(tmp_path / "wrong", extra_args=common, env={"DKRON_MAIL_PASSWORD": "nope"}).start()
+        assert wrong.post("/v1/jobs", shell_job("smtps", "echo x", owner_email="owner@example.test")).status == 201
+        assert wrong.run_and_wait("smtps")["status"] == "success"  # a mail failure never fails the run
+        wait_for(lambda: ("dkron", False) in smtps.logins, 15, "the refused login")
+        time.sleep(0.5)
+        assert len(smtps.messages) == 1, "a mail went out with a wrong password"
+    finally:
+        smtps.stop()
 
 
 def test_email_over_starttls_with_auth_and_webhooks_fire_once_per_run(

@@ -108,7 +108,9 @@ def start_smtp(tls_files: TlsFiles, *, auth: dict[str, str] | None = None, tls: 
             # handled=False: aiosmtpd answers the failure itself (535).
             return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
-        kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=tls != "none")
+        # aiosmtpd's auth_require_tls only counts STARTTLS: with SMTPS it would hide AUTH although
+        # the whole session is encrypted.
+        kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=tls == "starttls")
     if tls == "starttls":
         kwargs.update(tls_context=tls_files.server_context(), require_starttls=True)
     elif tls == "tls":
