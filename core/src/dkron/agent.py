@@ -199,7 +199,7 @@ class Agent:
         if os.environ.get("DKRON_RAFT_COMPACTION_ENTRIES"):
             raft_config.compaction_min_entries = int(os.environ["DKRON_RAFT_COMPACTION_ENTRIES"])
         self.raft = RaftNode(
-            raft_config, self.state, on_state_change=self.scheduler.set_leader, fetch_state=self.cluster.fetch_state
+            raft_config, self.state, on_state_change=self._leadership_changed, fetch_state=self.cluster.fetch_state
         )
         self.cluster.raft = self.raft
         self.scheduler.can_dispatch = self.raft.has_lease
@@ -218,6 +218,14 @@ class Agent:
         )
         self.reaper.start()
         self._start_http()
+
+    def _leadership_changed(self, leading: bool) -> None:
+        """On the Raft tick thread: hand the news over, never block."""
+        self.scheduler.set_leader(leading)
+        if not leading:
+            # Runs in flight report to the next leader at once (ExecutionDone), not to this
+            # server, which could no longer commit their results.
+            self.placement.close_streams()
 
     def _prepare_leadership(self) -> None:
         """Runs in the scheduler's thread when this server starts leading, before planning."""
@@ -384,6 +392,7 @@ class Agent:
             self.recorder.stop(timeout=10 if quorum else 2, abandon=lambda: raft is None or raft.leader_addr() is None)
             self.notifier.stop()
             self.scheduler.stop()
+            self.placement.shutdown()
             if self.reaper is not None:
                 self.reaper.stop()
             if self.http_server is not None:

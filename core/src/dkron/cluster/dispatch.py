@@ -268,7 +268,7 @@ class ClusterPlacement:
                 for key in orphans:
                     del self._remote[key]
             if orphans:
-                log.warning(
+                log.info(
                     "runs stream from %s closed with %d runs in flight; the node reports their results itself",
                     link.name,
                     len(orphans),
@@ -299,6 +299,12 @@ class ClusterPlacement:
                 "output_bytes": done.output_bytes_total,
             }
         )
+
+    def close_streams(self) -> None:
+        """Close every WatchRuns stream (this server stopped leading); non-blocking."""
+        with self._lock:
+            for link in self._links.values():
+                self._cancel(link)
 
     def open_streams(self) -> int:
         with self._lock:
@@ -367,9 +373,7 @@ class ClusterPlacement:
 
     def shutdown(self) -> None:
         self._closed.set()
-        with self._lock:
-            for link in self._links.values():
-                self._cancel(link)
+        self.close_streams()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
