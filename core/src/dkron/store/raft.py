@@ -223,9 +223,9 @@ class RaftNode(SyncObj):
         )
         #: A lease shorter than the earliest moment another server may call an election.
         self._lease = config.raft_min_timeout * 0.9
-        self._suspect_window = config.raft_max_timeout * 2
         self._last_tick = 0.0
-        self._suspect_until = 0.0
+        #: After a gap in ticks, only responses processed after this moment count for the lease.
+        self._fresh_after = 0.0
         #: Set when the snapshot marker is ahead of the state database (see _load_marker).
         self.diverged = False
         super().__init__(config.self_addr, list(config.partners), conf)
@@ -329,11 +329,14 @@ class RaftNode(SyncObj):
 
     def _watch_ticks(self) -> None:
         """On the tick thread: a long gap between ticks means this process was frozen (SIGSTOP,
-        a VM pause). The replies queued meanwhile are about to be processed and would make the
-        lease look fresh, so distrust it until a new leader, if any, has made itself known."""
+        a VM pause) or starved. The replies queued meanwhile are about to be processed and would
+        make the lease look fresh, so only replies processed some time after the gap count: by
+        then the backlog is read (a later stall would be a new gap), and what arrives answers
+        what this server sent after the gap. A new leader, if one was elected meanwhile, has
+        made itself known through those answers (their higher term deposes this server)."""
         now = monotonic_time()
         if self._last_tick and now - self._last_tick > self._lease:
-            self._suspect_until = now + self._suspect_window
+            self._fresh_after = now + 2 * self._lease
             log.warning(
                 "this server did not run for %.2fs (frozen?): not dispatching until Raft settles", now - self._last_tick
             )
@@ -345,13 +348,14 @@ class RaftNode(SyncObj):
         Past that, another server may have been elected without us knowing (e.g. this process
         was frozen): a leader without a lease must not start runs.
         """
-        if not self._isLeader() or monotonic_time() < self._suspect_until:
+        now = monotonic_time()
+        if not self._isLeader() or now < self._fresh_after:
             return False
         partners = self.otherNodes
         if not partners:
             return True
         last = self._SyncObj__lastResponseTime
-        horizon = monotonic_time() - self._lease
+        horizon = max(now - self._lease, self._fresh_after)
         fresh = 1 + sum(1 for node in partners if last.get(node, 0) > horizon)
         return fresh > (len(partners) + 1) / 2
 
