@@ -36,17 +36,24 @@ Measured on this 2-core VM (each node one CPython process; every run prints load
 **Since batched dispatch** (2026-11-30, code d06e240..8639d66: one ``StartRuns`` call per node and
 instant, one ``WatchRuns`` stream per node; before, one ``AgentRun`` stream per run):
 
-(a) ``--sections a --counts 500 --seconds 15``, 17 runs at 500 jobs (some with recorder settings
-    tried and dropped: holding "running" records 0.5 s, flushing every 0.3 s; neither changed the
-    figures): p99 330-490 ms, **median 428 ms**, two outliers at 610 and 842 ms; p50 165-230 ms;
-    500/s launched, never a duplicate. Machine 75-100 % of 200 (was 183 %), leader 15-21 % (was
-    38 %), agents 12-17 % each (was 34 %). At 250 jobs: p99 171 and 217 ms; at 100: 82 ms.
+(a) ``--sections a --counts 500 --seconds 15`` at 500 jobs, 500/s launched, never a duplicate:
+
+    - final code (the lease after a stall counts only fresh answers; shell env built as bytes),
+      7 runs: p99 305, 312, 316, 320, 325, 327, 358 ms, **median 320 ms**; p50 146-165 ms.
+      Machine 70-78 % of 200 (was 183 % with one stream per run), leader 14-16 % (was 38 %),
+      agents 10-12 % each (was 34 %).
+    - before those two changes, 17 runs: p99 330-490 ms, median 428 ms (two outliers, 610 and
+      842 ms). Holding "running" records 0.5 s and committing records every 0.3 s were tried
+      there and dropped: neither changed the figures.
+    - 250 jobs: p99 171-220 ms; 100 jobs: 82 ms.
+
     **Target (>= 500/s with p99 <= 250 ms): not met; met at 250/s.** Where the time goes (a
     probe comparing the agents' ``started_at`` in the execution records with the stamps):
-    scheduled -> accepted by the agent p50 20-27 ms, p99 42-136 ms; accepted -> process running
-    p50 160-210 ms, p99 370-460 ms. Spawning is the floor: our runner + shell executor alone, two
-    processes each starting 250 runs at once on this VM (no cluster at all), reach p99 ~290 ms;
-    a C ``posix_spawn`` loop in two processes ~150-190 ms (bench/README.md, probe_spawn_floor).
+    scheduled -> accepted by the agent p50 20-27 ms, p99 42-136 ms; the rest is spawning under
+    the burst's CPU contention. Our runner + shell executor alone, in two bare processes that
+    each start 250 runs at once (no cluster), reach p99 190-233 ms on this VM: the cluster adds
+    about 100 ms on top. Next step: dispatch ahead of the second (StartRuns carrying a start
+    time) so that the leader's, the network's and the records' work leaves the burst.
 (b) ``--sections b --herd-jobs 5000``, three runs: all 5,000 started by **T+3.55, 4.11 and
     4.22 s** (load1 0.4 / 10 / 17.7 at the start), none lost, no duplicate; p50 1.8-2.2 s.
     **Target (all within 5 s): met** (was T+9.8 to 14.7 s).
