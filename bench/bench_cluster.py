@@ -51,9 +51,12 @@ instant, one ``WatchRuns`` stream per node; before, one ``AgentRun`` stream per 
     probe comparing the agents' ``started_at`` in the execution records with the stamps):
     scheduled -> accepted by the agent p50 20-27 ms, p99 42-136 ms; the rest is spawning under
     the burst's CPU contention. Our runner + shell executor alone, in two bare processes that
-    each start 250 runs at once (no cluster), reach p99 190-233 ms on this VM: the cluster adds
-    about 100 ms on top. Next step: dispatch ahead of the second (StartRuns carrying a start
-    time) so that the leader's, the network's and the records' work leaves the burst.
+    each start 250 runs at once (no cluster: ``probe_spawn_floor.py --jobs 500 --spawners 2``,
+    variant ``dkron-runner x2``), reach p99 190-273 ms on this VM (two runs); a C spawner in two
+    processes 115-127 ms. The cluster adds about 50-130 ms on top of the runner. Next steps:
+    a cheaper spawn path in the runner and shell executor (the larger share), and dispatch
+    ahead of the second (StartRuns carrying a start time) so that the leader's, the network's
+    and the records' work leaves the burst.
 (b) ``--sections b --herd-jobs 5000``, three runs: all 5,000 started by **T+3.55, 4.11 and
     4.22 s** (load1 0.4 / 10 / 17.7 at the start), none lost, no duplicate; p50 1.8-2.2 s.
     **Target (all within 5 s): met** (was T+9.8 to 14.7 s).

@@ -10,9 +10,11 @@ one whole second, in several ways, with no scheduler, Raft or HTTP, and reports 
 * ``c-prespawned``: N C launchers are started before the second. Each sleeps until the second,
   then execve()s the stamp, so the fork happens early and only the exec happens at the second.
 * ``py-posix_spawn``: one Python thread, os.posix_spawn() in a loop.
-* ``dkron-runner``: the server's own ``dkron.runner.Runner`` with the real shell executor
-  (``max_concurrent`` 64, as the agent's default), N ``RunSpec`` submitted at the second from
-  one thread. This is bench_launch without the scheduler, Raft, recorder and HTTP.
+* ``dkron-runner xK``: the server's own ``dkron.runner.Runner`` with the real shell executor
+  (``max_concurrent`` 64, as the agent's default) in K processes (``--runner-processes``, like K
+  agents), each submitting its N/K ``RunSpec`` at the second in one batch. This is
+  bench_launch (K=1) or bench_cluster's agents (K=2) without the scheduler, Raft, recorder,
+  gRPC and HTTP.
 
 Needs gcc/cc for the C variants (they are skipped without it). Bounded: ``--ticks`` seconds
 per variant. Every child is waited for.
@@ -23,6 +25,7 @@ Example:  .venv/bin/python bench/probe_spawn_floor.py --jobs 1000 --ticks 3
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -146,7 +149,10 @@ def run_py_posix_spawn(stamp: str, out: Path, n: int, ticks: int) -> list[float]
     return collect(out, used)
 
 
-def run_dkron_runner(config: dict[str, str], out: Path, work: Path, n: int, ticks: int, workers: int) -> list[float]:
+def run_dkron_runner(
+    config: dict[str, str], out: Path, work: Path, n: int, ticks: int | list[int], workers: int, first: int = 0
+) -> list[float]:
+    """``ticks``: how many seconds, or the exact seconds (ms) to launch at (the multi-process form)."""
     from dkron.ledger import RunLedger
     from dkron.plugins import load_plugins
     from dkron.runner import Runner, RunSpec
@@ -158,32 +164,71 @@ def run_dkron_runner(config: dict[str, str], out: Path, work: Path, n: int, tick
         plugins.processors,
         lambda event: None,
         max_concurrent=workers,
-        ledger=RunLedger(str(work / "started-runs.log")),
+        ledger=RunLedger(str(work / f"started-runs-{first}.log")),
     )
-    jobs = [{"name": f"j{i}", "executor": "shell", "executor_config": config} for i in range(n)]
+    jobs = [{"name": f"j{i}", "executor": "shell", "executor_config": config} for i in range(first, first + n)]
+    at = ticks if isinstance(ticks, list) else None
     used = []
     try:
-        for _ in range(ticks):
-            t = next_tick_ms()
+        for k in range(len(at) if at is not None else int(ticks)):
+            t = at[k] if at is not None else next_tick_ms()
             C.sleep_until(t / 1000)
             while time.time() * 1000 < t:
                 pass
-            for job in jobs:
-                runner.submit(
-                    RunSpec(
-                        job=job,
-                        run_id=f"{job['name']}@{t}",
-                        execution_id=f"{t}-{job['name']}",
-                        node_name="node1",
-                        scheduled_ms=t,
+            runner.submit_many(
+                [
+                    (
+                        RunSpec(
+                            job=job,
+                            run_id=f"{job['name']}@{t}",
+                            execution_id=f"{t}-{job['name']}",
+                            node_name="node1",
+                            scheduled_ms=t,
+                        ),
+                        None,
                     )
-                )
+                    for job in jobs
+                ]
+            )
             used.append(t)
         time.sleep(1.5)
     finally:
         runner.shutdown(10)
         runner.ledger.close()
     return collect(out, used)
+
+
+def run_dkron_runners(
+    config: dict[str, str], out: Path, work: Path, n: int, ticks: int, workers: int, k: int
+) -> list[float]:
+    """The runner in ``k`` processes (like ``k`` agents), each starting its share at the same seconds."""
+    first = next_tick_ms(lead=3.0)  # the children need a moment to import and load plugins
+    at = [first + 1000 * i for i in range(ticks)]
+    share = n // k
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--child-runner",
+                json.dumps(
+                    {
+                        "config": config,
+                        "out": str(out),
+                        "work": str(work),
+                        "n": share,
+                        "at": at,
+                        "first": i * share,
+                        "workers": workers,
+                    }
+                ),
+            ]
+        )
+        for i in range(k)
+    ]
+    for child in children:
+        child.wait(120)
+    return collect(out, at)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spawners", default="1,2", help="C spawner process counts to try (default 1,2)")
     p.add_argument("--workers", type=int, default=64, help="Runner max_concurrent (agent default 64)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
+    p.add_argument(
+        "--runner-processes", default="1,2", help="process counts for the dkron-runner variant (default 1,2)"
+    )
+    p.add_argument("--child-runner", help=argparse.SUPPRESS)  # internal: one process of dkron-runner xK
     args = p.parse_args(argv)
+    if args.child_runner:
+        spec = json.loads(args.child_runner)
+        run_dkron_runner(
+            spec["config"], Path(spec["out"]), Path(spec["work"]), spec["n"], spec["at"], spec["workers"], spec["first"]
+        )
+        return 0
     if not 1 <= args.jobs <= 20_000 or not 1 <= args.ticks <= 30:
         p.error("bounded: 1 <= --jobs <= 20000, 1 <= --ticks <= 30")
     work, cleanup = C.workdir("dkron-bench-floor-", args.keep)
@@ -218,11 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         if stamp:
             variants.append(("py-posix_spawn", lambda out: run_py_posix_spawn(stamp, out, args.jobs, args.ticks)))
 
-        def dkron_runner(out: Path) -> list[float]:
+        def dkron_runner(out: Path, k: int) -> list[float]:
             _, _, cfg = C.make_stamp("auto", work, out)
-            return run_dkron_runner(cfg, out, work, args.jobs, args.ticks, args.workers)
+            if k == 1:
+                return run_dkron_runner(cfg, out, work, args.jobs, args.ticks, args.workers)
+            return run_dkron_runners(cfg, out, work, args.jobs, args.ticks, args.workers, k)
 
-        variants.append(("dkron-runner", dkron_runner))
+        for k in (int(x) for x in args.runner_processes.split(",") if x.strip()):
+            variants.append((f"dkron-runner x{k}", lambda out, k=k: dkron_runner(out, k)))
         for name, fn in variants:
             out = work / f"{name.replace(' ', '_')}.txt"
             lat = fn(out)
