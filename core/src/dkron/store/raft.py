@@ -228,7 +228,16 @@ class RaftNode(SyncObj):
         self._fresh_after = 0.0
         #: Set when the snapshot marker is ahead of the state database (see _load_marker).
         self.diverged = False
+        restarted = state.applied_index() > 0
         super().__init__(config.self_addr, list(config.partners), conf)
+        if restarted:
+            # pysyncobj has no PreVote: a server back from a restart that calls an election before
+            # the leader has re-dialled it (up to connectionRetryTime) raises every member's term
+            # and deposes a healthy leader. It first gives the leader that long to show up; a
+            # leader's message resets this deadline, and it still votes for others meanwhile.
+            self._SyncObj__raftElectionDeadline = (  # type: ignore[attr-defined]
+                monotonic_time() + conf.connectionRetryTime + config.raft_max_timeout
+            )
         raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
         if isinstance(raft_log, FileJournal):
             raft_log.deleteEntriesTo = functools.partial(_truncate_journal_atomically, raft_log, journal)
