@@ -204,6 +204,16 @@ def test_pages_ask_the_authorizer_when_the_auth_layer_installs_one():
     plain = app.test_client().post("/ui/login", data={"token": "good"})
     assert "Secure" not in plain.headers["Set-Cookie"]
     assert app.test_client().post("/ui/login", data={"token": "has space"}).status_code == 400
+    # A login form posted from another site (login CSRF) is refused and sets no cookie.
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        forged = app.test_client().post("/ui/login", data={"token": "good"}, headers=headers)
+        assert forged.status_code == 403 and "Set-Cookie" not in forged.headers, headers
+    own = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+    assert app.test_client().post("/ui/login", data={"token": "good"}, headers=own).status_code == 303
+    assert (
+        app.test_client().post("/ui/login", data={"token": "good"}, headers={"Origin": "http://localhost"}).status_code
+        == 303
+    )
 
 
 def test_static_files_are_cached_and_compressed():

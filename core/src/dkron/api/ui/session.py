@@ -6,6 +6,8 @@ browser's calls to ``/v1`` carry the token without any script ever seeing it (Ht
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Response, redirect, request
 
 from dkron.api.ui import bp
@@ -34,10 +36,27 @@ def login_form() -> tuple[str, int, dict[str, str]]:
     )
 
 
+def _cross_site() -> bool:
+    """A login posted from another site's page (login CSRF: the victim would act, and be
+    audited, as the attacker). Browsers say where a form came from; other clients send neither
+    header and are not affected."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site == "cross-site"
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()
+
+
 @bp.post("/ui/login")
 def login() -> Response | tuple[str, int, dict[str, str]]:
     token = (request.form.get("token") or "").strip()
     target = _safe_next(request.form.get("next"))
+    if _cross_site():
+        return page(
+            "login.html", 403, title="Log in", next=target, logged_in=False, error="Log in from this server's page."
+        )
     if not token or len(token) > MAX_TOKEN_CHARS or any(ord(c) < 33 or ord(c) > 126 for c in token):
         return page(
             "login.html", 400, title="Log in", next=target, logged_in=False, error="Paste an API token (no spaces)."
