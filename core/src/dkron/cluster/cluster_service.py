@@ -35,6 +35,21 @@ def _iso(ms: int) -> str | None:
     return format_time(datetime.fromtimestamp(ms / 1000, UTC)) if ms else None
 
 
+def result_fields(done: Any) -> dict[str, Any]:
+    """The final-result fields of an execution record, from an ``ExecutionDoneRequest`` or an
+    ``ExecutionFinished`` (a result delivered by the node, or one that came on a stream)."""
+    return {
+        "status": "success" if done.success else "failed",
+        "success": done.success,
+        "finished_at": _iso(done.finished_at_ms),
+        "error": done.error,
+        "exit_code": done.exit_code if done.HasField("exit_code") else None,
+        "output": done.output_tail.decode("utf-8", "replace"),
+        "output_truncated": done.output_truncated,
+        "output_bytes": done.output_bytes_total,
+    }
+
+
 def record_from_done(req: cluster_pb2.ExecutionDoneRequest) -> dict[str, Any]:
     """The execution record an agent reports with ``ExecutionDone``."""
     return {
@@ -45,14 +60,7 @@ def record_from_done(req: cluster_pb2.ExecutionDoneRequest) -> dict[str, Any]:
         "attempt": req.attempt or 1,
         "scheduled_at": _iso(req.scheduled_at_ms),
         "started_at": _iso(req.started_at_ms),
-        "finished_at": _iso(req.finished_at_ms),
-        "status": "success" if req.success else "failed",
-        "success": req.success,
-        "error": req.error,
-        "exit_code": req.exit_code if req.HasField("exit_code") else None,
-        "output": req.output_tail.decode("utf-8", "replace"),
-        "output_truncated": req.output_truncated,
-        "output_bytes": req.output_bytes_total,
+        **result_fields(req),
         "group": req.group,
         "kind": req.kind or "scheduled",
     }

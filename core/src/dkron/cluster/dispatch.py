@@ -28,7 +28,7 @@ import grpc
 
 from dkron.cluster.agent_service import request_from_spec
 from dkron.cluster.channels import Channels
-from dkron.cluster.cluster_service import _iso
+from dkron.cluster.cluster_service import _iso, result_fields
 from dkron.cluster.membership import Membership
 from dkron.jobs import format_time
 from dkron.logcontext import about
@@ -193,7 +193,7 @@ class ClusterPlacement:
                 live = self._remote.get(key)
                 if live is None:
                     return  # finished already (its result came first) or its stream broke
-                started = _iso(start.started_at_ms) if start.started_at_ms else None
+                started = _iso(start.started_at_ms)  # None if the node did not say
                 live["started_at"] = started
             if started:
                 self.record({**self._base(spec, spec.node_name), "status": "running", "started_at": started})
@@ -285,20 +285,8 @@ class ClusterPlacement:
             live["output"].write(event.output.chunk)
             return
         done = event.finished
-        self.record(
-            {
-                **self._base(live["spec"], live["node"]),
-                "status": "success" if done.success else "failed",
-                "success": done.success,
-                "started_at": live["started_at"] or (_iso(done.started_at_ms) if done.started_at_ms else None),
-                "finished_at": _iso(done.finished_at_ms),
-                "error": done.error,
-                "exit_code": done.exit_code if done.HasField("exit_code") else None,
-                "output": done.output_tail.decode("utf-8", "replace"),
-                "output_truncated": done.output_truncated,
-                "output_bytes": done.output_bytes_total,
-            }
-        )
+        started = live["started_at"] or _iso(done.started_at_ms)
+        self.record({**self._base(live["spec"], live["node"]), "started_at": started, **result_fields(done)})
 
     def close_streams(self) -> None:
         """Close every WatchRuns stream (this server stopped leading); non-blocking."""
@@ -321,11 +309,12 @@ class ClusterPlacement:
             with self._lock:
                 busy = {v["node"] for v in self._remote.values()}
                 for name, link in list(self._links.items()):
+                    if link.sending:
+                        continue
                     node = self.membership.get(name)
                     gone = node is None or node.status != "alive"
-                    idle = not link.sending and name not in busy and now - link.used > WATCH_IDLE_CLOSE
-                    if (gone or idle) and not link.sending:
-                        self._cancel(link)
+                    if gone or (name not in busy and now - link.used > WATCH_IDLE_CLOSE):
+                        self._cancel(link)  # its receiver hands any runs in flight to ExecutionDone
                         if name not in busy:
                             del self._links[name]
 

@@ -156,7 +156,3 @@ class Watchers:
     def send_final(self, watch_id: str, record: dict[str, Any], event: agent_pb2.RunEvent) -> bool:
         watcher = self._get(watch_id)
         return watcher is not None and watcher.put_final(record, event)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self._by_id)
