@@ -149,10 +149,16 @@ def run_py_posix_spawn(stamp: str, out: Path, n: int, ticks: int) -> list[float]
     return collect(out, used)
 
 
+def seconds_ahead(ticks: int, lead: float) -> list[int]:
+    """``ticks`` consecutive whole seconds (ms), the first at least ``lead`` s from now."""
+    first = next_tick_ms(lead)
+    return [first + 1000 * i for i in range(ticks)]
+
+
 def run_dkron_runner(
-    config: dict[str, str], out: Path, work: Path, n: int, ticks: int | list[int], workers: int, first: int = 0
+    config: dict[str, str], out: Path, work: Path, n: int, at: list[int], workers: int, first: int = 0
 ) -> list[float]:
-    """``ticks``: how many seconds, or the exact seconds (ms) to launch at (the multi-process form)."""
+    """Jobs ``first`` .. ``first + n - 1`` launched at each second of ``at`` (ms)."""
     from dkron.ledger import RunLedger
     from dkron.plugins import load_plugins
     from dkron.runner import Runner, RunSpec
@@ -167,11 +173,9 @@ def run_dkron_runner(
         ledger=RunLedger(str(work / f"started-runs-{first}.log")),
     )
     jobs = [{"name": f"j{i}", "executor": "shell", "executor_config": config} for i in range(first, first + n)]
-    at = ticks if isinstance(ticks, list) else None
     used = []
     try:
-        for k in range(len(at) if at is not None else int(ticks)):
-            t = at[k] if at is not None else next_tick_ms()
+        for t in at:
             C.sleep_until(t / 1000)
             while time.time() * 1000 < t:
                 pass
@@ -202,8 +206,7 @@ def run_dkron_runners(
     config: dict[str, str], out: Path, work: Path, n: int, ticks: int, workers: int, k: int
 ) -> list[float]:
     """The runner in ``k`` processes (like ``k`` agents), each starting its share at the same seconds."""
-    first = next_tick_ms(lead=3.0)  # the children need a moment to import and load plugins
-    at = [first + 1000 * i for i in range(ticks)]
+    at = seconds_ahead(ticks, lead=3.0)  # the children need a moment to import and load plugins
     share = n // k
     children = [
         subprocess.Popen(
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         def dkron_runner(out: Path, k: int) -> list[float]:
             _, _, cfg = C.make_stamp("auto", work, out)
             if k == 1:
-                return run_dkron_runner(cfg, out, work, args.jobs, args.ticks, args.workers)
+                return run_dkron_runner(cfg, out, work, args.jobs, seconds_ahead(args.ticks, 1.0), args.workers)
             return run_dkron_runners(cfg, out, work, args.jobs, args.ticks, args.workers, k)
 
         for k in (int(x) for x in args.runner_processes.split(",") if x.strip()):
