@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
+from dkron.cluster import watch
 from dkron.cluster.agent_service import AgentServicer
 from dkron.contracts import ExecutorRegistry, ProcessorRegistry
 from dkron.proto import agent_pb2, agent_pb2_grpc
@@ -44,18 +45,24 @@ class Node:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
 
-    def run(self, job: str, run_id: str, execution_id: str, command: str) -> agent_pb2.AgentRunRequest:
+    def run(
+        self, job: str, run_id: str, execution_id: str, command: str, start_in_ms: int = 0
+    ) -> agent_pb2.AgentRunRequest:
         config = self.shell.validate({"command": command, "shell": "true"})
         return agent_pb2.AgentRunRequest(
             job=agent_pb2.JobSpec(name=job, executor="shell", executor_config=config),
             run_id=run_id,
             execution_id=execution_id,
             attempt=1,
+            start_in_ms=start_in_ms,
         )
 
     def start(self, watch_id: str, runs: list[agent_pb2.AgentRunRequest]) -> list[tuple[str, int]]:
+        return [(s.execution_id, s.outcome) for s in self.start_answer(watch_id, runs)]
+
+    def start_answer(self, watch_id: str, runs: list[agent_pb2.AgentRunRequest]) -> list[agent_pb2.RunStart]:
         answer = self.stub.StartRuns(agent_pb2.StartRunsRequest(runs=runs, watch_id=watch_id), timeout=TIMEOUT)
-        return [(s.execution_id, s.outcome) for s in answer.starts]
+        return list(answer.starts)
 
     def close(self) -> None:
         self.channel.close()
@@ -164,3 +171,92 @@ def test_a_result_whose_stream_is_gone_goes_to_the_fallback_delivery(node: Node)
     ]
     record = node.orphaned.get(timeout=TIMEOUT)
     assert (record["id"], record["output"]) == ("2-a", "alone\n")
+
+
+def test_a_run_sent_ahead_is_held_until_its_time(node: Node, tmp_path: Any) -> None:
+    """The leader sends the runs of a whole second early (``start_in_ms``): the node accepts them
+    at once (a second dispatch is a duplicate even while held) and starts them on time."""
+    stream = Stream(node, "w-4")
+    marker = tmp_path / "ran"
+    sent = time.time()
+    (answer,) = node.start_answer(
+        "w-4", [node.run("early", "early@5", "5-a", f"date +%s%N > {marker}; echo ran", start_in_ms=800)]
+    )
+    assert answer.outcome == agent_pb2.RunStart.STARTED
+    assert answer.started_at_ms / 1000 == pytest.approx(sent + 0.8, abs=0.15)  # the planned start
+    assert {e["id"] for e in node.runner.active()} == {"5-a"}  # listed as running: not lost
+    time.sleep(0.4)
+    assert not marker.exists(), "the run started on arrival, not at its time"
+    assert node.start("w-4", [node.run("early", "early@5", "5-b", "echo twice")]) == [
+        ("5-b", agent_pb2.RunStart.DUPLICATE)
+    ]
+    (done,) = stream.results(1).values()
+    assert done.success and done.output_tail == b"ran\n"
+    began = int(marker.read_text()) / 1e9
+    assert sent + 0.8 - 0.05 <= began <= sent + 0.8 + 1.0, began - sent
+    assert done.started_at_ms / 1000 >= sent + 0.75  # the record says when it really started
+    stream.cancel()
+
+
+def test_a_held_run_that_is_killed_never_starts(node: Node, tmp_path: Any) -> None:
+    stream = Stream(node, "w-5")
+    marker = tmp_path / "ran"
+    node.start("w-5", [node.run("held", "held@6", "6-a", f"touch {marker}", start_in_ms=3000)])
+    asked = time.monotonic()
+    kill = agent_pb2.KillRequest(execution_id="6-a", job_name="held", reason="killed by request")
+    assert node.stub.KillExecution(kill, timeout=TIMEOUT).found
+    (done,) = stream.results(1).values()
+    assert time.monotonic() - asked < 1.5, "a killed held run was only finished at its start time"
+    assert not done.success and done.error == "killed before it started: killed by request"
+    assert node.runner.active() == []
+    time.sleep(3.2)
+    assert not marker.exists()
+    stream.cancel()
+
+
+def test_stopping_finishes_held_runs_without_starting_them(tmp_path: Any) -> None:
+    node = Node()
+    marker = tmp_path / "ran"
+    try:
+        node.start("nobody", [node.run("held", "held@7", "7-a", f"touch {marker}", start_in_ms=4000)])
+        node.runner.shutdown(0.2)  # its grace ends long before the run's time
+        record = node.orphaned.get(timeout=TIMEOUT)
+        assert record["status"] == "failed"
+        assert record["error"] == "killed before it started: agent shutting down"
+        time.sleep(4.2)
+        assert not marker.exists()
+    finally:
+        node.channel.close()
+        node.server.stop(grace=None).wait(5)
+
+
+def test_results_wait_while_runs_are_starting_but_not_for_long(node: Node, monkeypatch: Any) -> None:
+    """Results are sent once no run has begun for a moment (the CPU goes to a burst of starts
+    first), but never later than ``FINALS_MAX_HOLD`` after they are ready."""
+    # A run starts every ~20 ms below; a quiet time this long keeps a slow CI machine "busy".
+    monkeypatch.setattr(watch, "FINALS_QUIET", 0.5)
+    stream = Stream(node, "w-8")
+    node.start("w-8", [node.run("quick", "quick@8", "8-a", "true")])
+    done_at = None
+    deadline = time.monotonic() + TIMEOUT
+    while done_at is None and time.monotonic() < deadline:  # idle node: the result comes at once
+        if stream.results(1):
+            done_at = time.monotonic()
+    assert done_at is not None
+
+    node.start("w-8", [node.run("quick", "quick@9", "9-a", "true")])
+    first = time.monotonic()
+    got: dict[str, Any] = {}
+    i = 0
+    while not got and time.monotonic() - first < watch.FINALS_MAX_HOLD + 2:  # keep starting runs
+        node.start("w-8", [node.run("busy", f"busy@{i}", f"b-{i}", "true")])
+        i += 1
+        time.sleep(0.01)
+        while not stream.events.empty():
+            event = stream.events.get()
+            if event.WhichOneof("event") == "finished" and event.execution_id == "9-a":
+                got["at"] = time.monotonic()
+    assert got, "a result was held for good while runs kept starting"
+    held = got["at"] - first
+    assert watch.FINALS_MAX_HOLD - 0.3 < held < watch.FINALS_MAX_HOLD + 0.8, f"held {held:.2f}s"
+    stream.cancel()

@@ -9,6 +9,8 @@ takes the agent down.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -48,6 +50,10 @@ class RunSpec:
     group: int = 0
     #: A manual run with ``force``: the job's concurrency policy is not applied (leader side only).
     force: bool = False
+    #: Start no earlier than this (``time.time()`` seconds; 0 = at once). The leader sends runs
+    #: due at a whole second a little ahead, so its own work, the network's and this node's
+    #: acceptance are done before the second instead of during it.
+    start_at: float = 0.0
 
 
 class TailBuffer:
@@ -85,6 +91,9 @@ class TailBuffer:
 
 Report = Callable[[dict[str, Any]], None]
 
+#: The longest a run is held for its start time (a guard against a wrong or jumping clock).
+MAX_HOLD = 5.0
+
 
 @dataclass
 class Running:
@@ -97,6 +106,10 @@ class Running:
 
 def _now() -> str:
     return format_time(datetime.now(UTC)) or ""
+
+
+def _iso(seconds: float) -> str:
+    return format_time(datetime.fromtimestamp(seconds, UTC)) or ""
 
 
 def _scheduled_iso(ms: int) -> str | None:
@@ -128,6 +141,16 @@ class Runner:
         # twice, even if a new leader re-dispatches it.
         self.ledger = ledger or RunLedger(None)
         self._accepting = True
+        #: Accepted runs waiting for their start time: (start_at, seq, running), and the thread
+        #: that starts them (made on first use).
+        self._held: list[tuple[float, int, Running]] = []
+        self._held_seq = itertools.count()
+        self._held_cond = threading.Condition(self._lock)
+        self._starter: threading.Thread | None = None
+        self._held_killed = False
+        #: When a run last began executing (monotonic): its node defers sending results while
+        #: runs are still being started, so that the burst of a whole second has the CPU.
+        self.last_start = 0.0
 
     # -- dispatch ----------------------------------------------------------------------------
     def submit(self, spec: RunSpec, report: Report | None = None) -> str:
@@ -139,25 +162,72 @@ class Runner:
         return self.submit_many([(spec, report)])[0]
 
     def submit_many(self, runs: list[tuple[RunSpec, Report | None]]) -> list[str]:
-        """:meth:`submit` for a batch (a leader's StartRuns): one ledger write for all of them."""
+        """:meth:`submit` for a batch (a leader's StartRuns): one ledger write for all of them.
+
+        A run whose ``start_at`` is ahead is accepted now (claimed, listed as running) and held
+        until then; its "running" record carries that planned start time."""
+        now = time.time()
         with self._lock:
             if not self._accepting:
                 return ["stopping"] * len(runs)
             fresh = self.ledger.claim_many([f"{spec.run_id}#{spec.attempt}" for spec, _ in runs])
-            outcomes, started = [], []
+            outcomes, accepted, held = [], [], False
             for (spec, report), new in zip(runs, fresh, strict=True):
                 if not new:
                     outcomes.append("duplicate")
                     continue
                 masks = output_masks(spec.job, self.executors)
-                running = Running(spec, _now(), TailBuffer(self.max_output_bytes, masks), report or self._record)
+                start_at = min(spec.start_at, now + MAX_HOLD)
+                planned = _iso(start_at) if start_at > now else _now()
+                running = Running(spec, planned, TailBuffer(self.max_output_bytes, masks), report or self._record)
                 self._running[(spec.job["name"], spec.execution_id)] = running
-                started.append(running)
+                if start_at > now:
+                    heapq.heappush(self._held, (start_at, next(self._held_seq), running))
+                    held = True
+                accepted.append((running, start_at > now))
                 outcomes.append("started")
-        for running in started:
+            if held:
+                self._start_held_runs()
+        for running, is_held in accepted:
             running.report(self._event(running, "running"))
-            self._pool.submit(self._run, running)
+            if not is_held:
+                self._pool.submit(self._run, running)
         return outcomes
+
+    def _start_held_runs(self) -> None:
+        """Wake (or make) the thread that starts held runs at their time. Lock held."""
+        if self._starter is None:
+            self._starter = threading.Thread(target=self._starter_loop, name="run-starter", daemon=True)
+            self._starter.start()
+        self._held_cond.notify()
+
+    def _starter_loop(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    now = time.time()
+                    due = []
+                    if self._held_killed:  # kill() or shutdown: cancelled runs end now
+                        self._held_killed = False
+                        due = [entry[2] for entry in self._held if entry[2].cancel.cancelled]
+                        self._held = [entry for entry in self._held if not entry[2].cancel.cancelled]
+                        heapq.heapify(self._held)
+                    while self._held and self._held[0][0] <= now:
+                        due.append(heapq.heappop(self._held)[2])
+                    if due:
+                        break
+                    wait = self._held[0][0] - now if self._held else None
+                    self._held_cond.wait(min(wait, 1.0) if wait is not None else None)
+            for running in due:
+                if not running.cancel.cancelled:
+                    running.started_at = _now()
+                    try:
+                        self._pool.submit(self._run, running)
+                        continue
+                    except RuntimeError:  # the pool was shut down (the node is stopping)
+                        running.cancel.cancel("agent shutting down")
+                reason = f"killed before it started: {running.cancel.reason}"
+                self._finish(running, ExecutionResult(success=False, error=reason))
 
     def _event(self, running: Running, status: str, **extra: Any) -> dict[str, Any]:
         spec = running.spec
@@ -177,18 +247,23 @@ class Runner:
         }
 
     def _run(self, running: Running) -> None:
+        self.last_start = time.monotonic()
         with run_context(running.spec.job["name"], running.spec.run_id):  # job and run id on its log lines
             self._run_in_context(running)
 
     def _run_in_context(self, running: Running) -> None:
-        spec = running.spec
-        job = spec.job
+        job = running.spec.job
         try:
             result = self._execute(running)
         except Exception as exc:  # the error boundary: a plugin bug fails the run, not the agent
             log.exception("executor %s crashed running job %s", job.get("executor"), job["name"])
             running.output.write(f"\nexecutor crashed: {traceback.format_exc(limit=5)}")
             result = ExecutionResult(success=False, error=f"executor crashed: {exc}")
+        self._finish(running, result)
+
+    def _finish(self, running: Running, result: ExecutionResult) -> None:
+        """Build the final record (processors applied), forget the run, report the record."""
+        spec = running.spec
         output = running.output.text()
         if not result.success and result.error and result.error not in output:
             output = f"{result.error}\n{output}"  # Dkron prefixes the error (e.g. "exit status 1")
@@ -203,7 +278,7 @@ class Runner:
             output_truncated=running.output.truncated,
             output_bytes=running.output.total,
         )
-        record = self._process(job, record)
+        record = self._process(spec.job, record)
         with self._lock:
             self._running.pop((spec.job["name"], spec.execution_id), None)
         running.report(record)
@@ -249,7 +324,14 @@ class Runner:
         if running is None:
             return False
         running.cancel.cancel(reason)
+        self._wake_starter()
         return True
+
+    def _wake_starter(self) -> None:
+        """Cancelled held runs are finished at once, not at their start time."""
+        with self._lock:
+            self._held_killed = True
+            self._held_cond.notify()
 
     def active(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -283,4 +365,12 @@ class Runner:
             leftovers = list(self._running.values())
         for running in leftovers:
             running.cancel.cancel("agent shutting down")
+        self._wake_starter()
         self._pool.shutdown(wait=True, cancel_futures=False)
+        # Held runs cancelled above are finished by the starter thread.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    break
+            time.sleep(0.01)

@@ -101,6 +101,7 @@ class Scheduler(FollowupPlanning):
         # 1.5 s: planning then happens mid-second, not at the top of the second when the
         # dispatcher starts the previous batch (both compete for the GIL).
         lookahead: float = 1.5,
+        dispatch_ahead: float = 0.5,
         catchup_window: float = 60.0,
         clock: Callable[[], float] = time.time,
         placement: Placement | None = None,
@@ -113,6 +114,9 @@ class Scheduler(FollowupPlanning):
         self.record = record
         self.node_name = node_name
         self.lookahead_ms = int(lookahead * 1000)
+        #: Runs of a whole second are sent this early and held by their node until the second:
+        #: the leader's, the network's and the node's acceptance work leave the burst.
+        self.dispatch_ahead_ms = int(dispatch_ahead * 1000)
         self.catchup_window_ms = int(catchup_window * 1000)
         #: (base, cap) in seconds; replicated by each new leader, read by the state machine.
         self.retry_backoff_ms = (int(retry_backoff[0] * 1000), int(retry_backoff[1] * 1000))
@@ -474,10 +478,23 @@ class Scheduler(FollowupPlanning):
         self._wake.clear()
 
     # -- dispatch ----------------------------------------------------------------------------
-    def _queue(self, spec: RunSpec, at_ms: int) -> None:
+    def _queue(self, spec: RunSpec, at_ms: int, *, early: bool = True) -> None:
+        if early and self._may_start_early(spec):
+            at_ms -= self.dispatch_ahead_ms
         with self._due_lock:
             heapq.heappush(self._due, (at_ms, next(self._seq), spec))
             self._due_lock.notify()
+
+    @staticmethod
+    def _may_start_early(spec: RunSpec) -> bool:
+        """May this run be sent ahead, to be held by its node until its second? Only a plain
+        scheduled run of a job whose runs may overlap: a ``forbid`` or ``replace`` policy must
+        be judged at the second itself, and follow-ups and manual runs are not on a second."""
+        return (
+            spec.kind in ("scheduled", "catchup")
+            and not spec.force
+            and (spec.job.get("concurrency") or "allow") == "allow"
+        )
 
     def _dispatcher(self) -> None:
         while not self._stop.is_set():
@@ -519,6 +536,11 @@ class Scheduler(FollowupPlanning):
         if self.paused and spec.kind != "manual":
             self.record(self._skipped(spec, "skipped: scheduling is paused (POST /v1/unpause?scheduling=true)"))
             return
+        if spec.scheduled_ms > self._now_ms():  # sent ahead: its node holds it until its second
+            if not self._may_start_early(spec):  # the job's policy changed since it was queued
+                self._queue(spec, spec.scheduled_ms, early=False)
+                return
+            spec.start_at = spec.scheduled_ms / 1000
         policy = spec.job.get("concurrency")
         if not spec.force and policy in ("forbid", "replace") and name in self.placement.running_jobs():
             if policy == "forbid":

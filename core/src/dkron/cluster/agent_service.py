@@ -10,6 +10,7 @@ delivers them to whichever server leads next (``ExecutionDone``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +44,8 @@ def spec_from_request(request: agent_pb2.AgentRunRequest, node_name: str) -> Run
         attempt=request.attempt or 1,
         group=request.group,
         kind=request.kind or "scheduled",
+        # By this node's clock: the leader said how long from now, not at what time.
+        start_at=time.time() + request.start_in_ms / 1000 if request.start_in_ms > 0 else 0.0,
     )
 
 
@@ -62,6 +65,7 @@ def request_from_spec(spec: RunSpec) -> agent_pb2.AgentRunRequest:
         scheduled_at_ms=spec.scheduled_ms,
         group=spec.group,
         kind=spec.kind,
+        start_in_ms=max(0, round((spec.start_at - time.time()) * 1000)) if spec.start_at else 0,
     )
 
 

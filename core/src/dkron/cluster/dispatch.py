@@ -161,13 +161,16 @@ class ClusterPlacement:
                 live = self._remote.get((spec.job["name"], spec.execution_id))
                 if live is not None:
                     live["watch"] = watch_id
-        request = agent_pb2.StartRunsRequest(runs=[request_from_spec(spec) for spec in batch], watch_id=watch_id)
+
+        def request() -> agent_pb2.StartRunsRequest:  # built at each call: it says how long runs wait
+            return agent_pb2.StartRunsRequest(runs=[request_from_spec(spec) for spec in batch], watch_id=watch_id)
+
         stub = self.channels.agent(link.rpc_addr)
         with self._lock:
             self.stats["calls"] += 1
             self.stats["runs"] += len(batch)
         try:
-            response = stub.StartRuns(request, timeout=START_TIMEOUT)
+            response = stub.StartRuns(request(), timeout=START_TIMEOUT)
             retried = False
         except grpc.RpcError as first:
             # The outcome is unknown: the node may have started some runs. Asking again is
@@ -177,7 +180,7 @@ class ClusterPlacement:
             with self._lock:
                 self.stats["calls"] += 1
             try:
-                response = stub.StartRuns(request, timeout=START_TIMEOUT)
+                response = stub.StartRuns(request(), timeout=START_TIMEOUT)
                 retried = True
             except grpc.RpcError as exc:
                 self._not_started(batch, f"could not start on node {link.name}: {_code(exc)}")
@@ -285,7 +288,8 @@ class ClusterPlacement:
             live["output"].write(event.output.chunk)
             return
         done = event.finished
-        started = live["started_at"] or _iso(done.started_at_ms)
+        # The node's own start time: a run sent ahead starts later than the answer planned.
+        started = _iso(done.started_at_ms) or live["started_at"]
         self.record({**self._base(live["spec"], live["node"]), "started_at": started, **result_fields(done)})
 
     def close_streams(self) -> None:

@@ -9,11 +9,15 @@ Target selection follows Dkron's tag syntax: a job tag ``"pool": "web:2"`` selec
 tag ``pool`` is ``web``, at most 2 of them (the smallest count over the job's tags applies).
 Unlike Dkron, a job without any tags runs on ONE alive node, not on every node (a surprise
 fan-out users report); tags without a count keep Dkron's meaning (every matching node). No match
-fails the run loudly instead of only logging it.
+fails the run loudly instead of only logging it. Among the matching nodes the leader takes the
+ones it chose least recently (Dkron picks at random), so the runs due in the same second are
+spread evenly: two agents get 250 each of 500, not 270 and 230.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 import re
 import threading
@@ -80,6 +84,10 @@ class Membership:
         self._nodes: dict[str, Node] = {}
         self._lock = threading.Lock()
         self._rng = random.Random()
+        #: When each node was last chosen as a target (a sequence number): the least recently
+        #: chosen go first, so load is spread evenly; ties (never chosen) are broken at random.
+        self._last_chosen: dict[str, int] = {}
+        self._choices = itertools.count()
 
     def interval_for_size(self, base: float, max_rate: float = 500.0) -> float:
         """Heartbeat interval for the current size: at most ``max_rate`` heartbeats a second
@@ -168,6 +176,7 @@ class Membership:
     def forget(self, name: str) -> None:
         with self._lock:
             self._nodes.pop(name, None)
+            self._last_chosen.pop(name, None)
 
     def select(self, job_tags: Mapping[str, str], avoid: Iterable[str] = ()) -> list[Node]:
         """Alive nodes for a job's tags: one node for a job without tags, else Dkron's rules.
@@ -187,6 +196,19 @@ class Membership:
         avoided = set(avoid)
         preferred = [n for n in eligible if n.name not in avoided]
         if len(preferred) >= limit:
-            return self._rng.sample(preferred, limit)
+            return self._least_recently_chosen(preferred, limit)
         rest = [n for n in eligible if n.name in avoided]
-        return preferred + self._rng.sample(rest, limit - len(preferred))
+        return preferred + self._least_recently_chosen(rest, limit - len(preferred))
+
+    def _least_recently_chosen(self, nodes: list[Node], count: int) -> list[Node]:
+        with self._lock:
+            last = self._last_chosen
+            fresh = [n for n in nodes if n.name not in last]  # never chosen: first, in random order
+            if len(fresh) >= count:
+                chosen = self._rng.sample(fresh, count)
+            else:
+                known = [n for n in nodes if n.name in last]
+                chosen = fresh + heapq.nsmallest(count - len(fresh), known, key=lambda n: last[n.name])
+            for node in chosen:
+                last[node.name] = next(self._choices)
+        return chosen

@@ -23,6 +23,12 @@ from dkron.runner import Runner
 
 Key = tuple[str, str]  # (job name, execution id)
 
+#: Final results wait until no run has begun for this long (the node is not starting a burst
+#: of runs: sending results meanwhile would take CPU from the starts), ...
+FINALS_QUIET = 0.05
+#: ... but never longer than this.
+FINALS_MAX_HOLD = 1.0
+
 
 class Watcher:
     """One open ``WatchRuns`` stream."""
@@ -33,6 +39,7 @@ class Watcher:
         self._cond = threading.Condition()
         self._open = True
         self._finals: list[tuple[dict[str, Any], agent_pb2.RunEvent]] = []
+        self._first_final = 0.0  # when the oldest queued final result was queued (monotonic)
         #: Running executions started for this stream -> output bytes already sent.
         self._owned: dict[Key, int] = {}
         self._output_every = output_every
@@ -56,6 +63,8 @@ class Watcher:
             if not self._open:
                 return False
             self._owned.pop((record["job_name"], record["id"]), None)
+            if not self._finals:
+                self._first_final = time.monotonic()
             self._finals.append((record, event))
             self._cond.notify()
             return True
@@ -64,8 +73,16 @@ class Watcher:
         """The next batch: output since the last poll (every ``output_every`` s) and the final
         results queued meanwhile. Waits up to ``wait`` s for a result; may return nothing."""
         with self._cond:
-            if not self._finals:
-                self._cond.wait(min(wait, max(0.0, self._next_output - time.monotonic())))
+            deadline = time.monotonic() + wait
+            while True:
+                now = time.monotonic()
+                if self._finals:
+                    send_at = min(self._runner.last_start + FINALS_QUIET, self._first_final + FINALS_MAX_HOLD)
+                else:
+                    send_at = min(deadline, self._next_output)
+                if now >= send_at or not self._open:
+                    break
+                self._cond.wait(send_at - now)
             finals, self._finals = self._finals, []
             now = time.monotonic()
             due = now >= self._next_output

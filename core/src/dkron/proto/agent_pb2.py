@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64kron/proto/agent.proto\x12\x08\x64kron.v1\x1a\x1bgoogle/protobuf/empty.proto\"\x89\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x02 \x01(\t\x12>\n\x0f\x65xecutor_config\x18\x03 \x03(\x0b\x32%.dkron.v1.JobSpec.ExecutorConfigEntry\x12\x35\n\nprocessors\x18\x04 \x03(\x0b\x32!.dkron.v1.JobSpec.ProcessorsEntry\x12\x31\n\x08metadata\x18\x05 \x03(\x0b\x32\x1f.dkron.v1.JobSpec.MetadataEntry\x1a\x35\n\x13\x45xecutorConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aL\n\x0fProcessorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.dkron.v1.ProcessorConfig:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x0fProcessorConfig\x12\x35\n\x06\x63onfig\x18\x01 \x03(\x0b\x32%.dkron.v1.ProcessorConfig.ConfigEntry\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x01\n\x0f\x41gentRunRequest\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.dkron.v1.JobSpec\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x17\n\x0fscheduled_at_ms\x18\x05 \x01(\x03\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x03\x12\r\n\x05group\x18\x07 \x01(\x03\x12\x0c\n\x04kind\x18\x08 \x01(\t\"$\n\x10WatchRunsRequest\x12\x10\n\x08watch_id\x18\x01 \x01(\t\"M\n\x10StartRunsRequest\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.dkron.v1.AgentRunRequest\x12\x10\n\x08watch_id\x18\x02 \x01(\t\"7\n\x11StartRunsResponse\x12\"\n\x06starts\x18\x01 \x03(\x0b\x32\x12.dkron.v1.RunStart\"\x99\x01\n\x08RunStart\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.dkron.v1.RunStart.Outcome\x12\x15\n\rstarted_at_ms\x18\x03 \x01(\x03\"3\n\x07Outcome\x12\x0b\n\x07STARTED\x10\x00\x12\r\n\tDUPLICATE\x10\x01\x12\x0c\n\x08STOPPING\x10\x02\"/\n\tRunEvents\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.dkron.v1.RunEvent\"\x99\x01\n\x08RunEvent\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12+\n\x06output\x18\x03 \x01(\x0b\x32\x19.dkron.v1.ExecutionOutputH\x00\x12/\n\x08\x66inished\x18\x04 \x01(\x0b\x32\x1b.dkron.v1.ExecutionFinishedH\x00\x42\x07\n\x05\x65vent\"0\n\x0f\x45xecutionOutput\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\xd3\x01\n\x11\x45xecutionFinished\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\x0e\x66inished_at_ms\x18\x04 \x01(\x03\x12\x13\n\x0boutput_tail\x18\x05 \x01(\x0c\x12\x18\n\x10output_truncated\x18\x06 \x01(\x08\x12\x1a\n\x12output_bytes_total\x18\x07 \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x08 \x01(\x03\x42\x0c\n\n_exit_code\"E\n\x0bKillRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08job_name\x18\x03 \x01(\t\"\x1d\n\x0cKillResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"I\n\x18\x41\x63tiveExecutionsResponse\x12-\n\nexecutions\x18\x01 \x03(\x0b\x32\x19.dkron.v1.ActiveExecution\"\x88\x01\n\x0f\x41\x63tiveExecution\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x04 \x01(\x03\x12\x13\n\x0boutput_tail\x18\x05 \x01(\x0c\x12\x11\n\tnode_name\x18\x06 \x01(\t2\xa4\x02\n\x0c\x41gentService\x12>\n\tWatchRuns\x12\x1a.dkron.v1.WatchRunsRequest\x1a\x13.dkron.v1.RunEvents0\x01\x12\x44\n\tStartRuns\x12\x1a.dkron.v1.StartRunsRequest\x1a\x1b.dkron.v1.StartRunsResponse\x12>\n\rKillExecution\x12\x15.dkron.v1.KillRequest\x1a\x16.dkron.v1.KillResponse\x12N\n\x10\x41\x63tiveExecutions\x12\x16.google.protobuf.Empty\x1a\".dkron.v1.ActiveExecutionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64kron/proto/agent.proto\x12\x08\x64kron.v1\x1a\x1bgoogle/protobuf/empty.proto\"\x89\x03\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x02 \x01(\t\x12>\n\x0f\x65xecutor_config\x18\x03 \x03(\x0b\x32%.dkron.v1.JobSpec.ExecutorConfigEntry\x12\x35\n\nprocessors\x18\x04 \x03(\x0b\x32!.dkron.v1.JobSpec.ProcessorsEntry\x12\x31\n\x08metadata\x18\x05 \x03(\x0b\x32\x1f.dkron.v1.JobSpec.MetadataEntry\x1a\x35\n\x13\x45xecutorConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aL\n\x0fProcessorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.dkron.v1.ProcessorConfig:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x0fProcessorConfig\x12\x35\n\x06\x63onfig\x18\x01 \x03(\x0b\x32%.dkron.v1.ProcessorConfig.ConfigEntry\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\x0f\x41gentRunRequest\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.dkron.v1.JobSpec\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x17\n\x0fscheduled_at_ms\x18\x05 \x01(\x03\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x03\x12\r\n\x05group\x18\x07 \x01(\x03\x12\x0c\n\x04kind\x18\x08 \x01(\t\x12\x13\n\x0bstart_in_ms\x18\t \x01(\x03\"$\n\x10WatchRunsRequest\x12\x10\n\x08watch_id\x18\x01 \x01(\t\"M\n\x10StartRunsRequest\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.dkron.v1.AgentRunRequest\x12\x10\n\x08watch_id\x18\x02 \x01(\t\"7\n\x11StartRunsResponse\x12\"\n\x06starts\x18\x01 \x03(\x0b\x32\x12.dkron.v1.RunStart\"\x99\x01\n\x08RunStart\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.dkron.v1.RunStart.Outcome\x12\x15\n\rstarted_at_ms\x18\x03 \x01(\x03\"3\n\x07Outcome\x12\x0b\n\x07STARTED\x10\x00\x12\r\n\tDUPLICATE\x10\x01\x12\x0c\n\x08STOPPING\x10\x02\"/\n\tRunEvents\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.dkron.v1.RunEvent\"\x99\x01\n\x08RunEvent\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12+\n\x06output\x18\x03 \x01(\x0b\x32\x19.dkron.v1.ExecutionOutputH\x00\x12/\n\x08\x66inished\x18\x04 \x01(\x0b\x32\x1b.dkron.v1.ExecutionFinishedH\x00\x42\x07\n\x05\x65vent\"0\n\x0f\x45xecutionOutput\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\xd3\x01\n\x11\x45xecutionFinished\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\x0e\x66inished_at_ms\x18\x04 \x01(\x03\x12\x13\n\x0boutput_tail\x18\x05 \x01(\x0c\x12\x18\n\x10output_truncated\x18\x06 \x01(\x08\x12\x1a\n\x12output_bytes_total\x18\x07 \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x08 \x01(\x03\x42\x0c\n\n_exit_code\"E\n\x0bKillRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08job_name\x18\x03 \x01(\t\"\x1d\n\x0cKillResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"I\n\x18\x41\x63tiveExecutionsResponse\x12-\n\nexecutions\x18\x01 \x03(\x0b\x32\x19.dkron.v1.ActiveExecution\"\x88\x01\n\x0f\x41\x63tiveExecution\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x04 \x01(\x03\x12\x13\n\x0boutput_tail\x18\x05 \x01(\x0c\x12\x11\n\tnode_name\x18\x06 \x01(\t2\xa4\x02\n\x0c\x41gentService\x12>\n\tWatchRuns\x12\x1a.dkron.v1.WatchRunsRequest\x1a\x13.dkron.v1.RunEvents0\x01\x12\x44\n\tStartRuns\x12\x1a.dkron.v1.StartRunsRequest\x1a\x1b.dkron.v1.StartRunsResponse\x12>\n\rKillExecution\x12\x15.dkron.v1.KillRequest\x1a\x16.dkron.v1.KillResponse\x12N\n\x10\x41\x63tiveExecutions\x12\x16.google.protobuf.Empty\x1a\".dkron.v1.ActiveExecutionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,33 +54,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROCESSORCONFIG_CONFIGENTRY']._serialized_start=536
   _globals['_PROCESSORCONFIG_CONFIGENTRY']._serialized_end=581
   _globals['_AGENTRUNREQUEST']._serialized_start=584
-  _globals['_AGENTRUNREQUEST']._serialized_end=762
-  _globals['_WATCHRUNSREQUEST']._serialized_start=764
-  _globals['_WATCHRUNSREQUEST']._serialized_end=800
-  _globals['_STARTRUNSREQUEST']._serialized_start=802
-  _globals['_STARTRUNSREQUEST']._serialized_end=879
-  _globals['_STARTRUNSRESPONSE']._serialized_start=881
-  _globals['_STARTRUNSRESPONSE']._serialized_end=936
-  _globals['_RUNSTART']._serialized_start=939
-  _globals['_RUNSTART']._serialized_end=1092
-  _globals['_RUNSTART_OUTCOME']._serialized_start=1041
-  _globals['_RUNSTART_OUTCOME']._serialized_end=1092
-  _globals['_RUNEVENTS']._serialized_start=1094
-  _globals['_RUNEVENTS']._serialized_end=1141
-  _globals['_RUNEVENT']._serialized_start=1144
-  _globals['_RUNEVENT']._serialized_end=1297
-  _globals['_EXECUTIONOUTPUT']._serialized_start=1299
-  _globals['_EXECUTIONOUTPUT']._serialized_end=1347
-  _globals['_EXECUTIONFINISHED']._serialized_start=1350
-  _globals['_EXECUTIONFINISHED']._serialized_end=1561
-  _globals['_KILLREQUEST']._serialized_start=1563
-  _globals['_KILLREQUEST']._serialized_end=1632
-  _globals['_KILLRESPONSE']._serialized_start=1634
-  _globals['_KILLRESPONSE']._serialized_end=1663
-  _globals['_ACTIVEEXECUTIONSRESPONSE']._serialized_start=1665
-  _globals['_ACTIVEEXECUTIONSRESPONSE']._serialized_end=1738
-  _globals['_ACTIVEEXECUTION']._serialized_start=1741
-  _globals['_ACTIVEEXECUTION']._serialized_end=1877
-  _globals['_AGENTSERVICE']._serialized_start=1880
-  _globals['_AGENTSERVICE']._serialized_end=2172
+  _globals['_AGENTRUNREQUEST']._serialized_end=783
+  _globals['_WATCHRUNSREQUEST']._serialized_start=785
+  _globals['_WATCHRUNSREQUEST']._serialized_end=821
+  _globals['_STARTRUNSREQUEST']._serialized_start=823
+  _globals['_STARTRUNSREQUEST']._serialized_end=900
+  _globals['_STARTRUNSRESPONSE']._serialized_start=902
+  _globals['_STARTRUNSRESPONSE']._serialized_end=957
+  _globals['_RUNSTART']._serialized_start=960
+  _globals['_RUNSTART']._serialized_end=1113
+  _globals['_RUNSTART_OUTCOME']._serialized_start=1062
+  _globals['_RUNSTART_OUTCOME']._serialized_end=1113
+  _globals['_RUNEVENTS']._serialized_start=1115
+  _globals['_RUNEVENTS']._serialized_end=1162
+  _globals['_RUNEVENT']._serialized_start=1165
+  _globals['_RUNEVENT']._serialized_end=1318
+  _globals['_EXECUTIONOUTPUT']._serialized_start=1320
+  _globals['_EXECUTIONOUTPUT']._serialized_end=1368
+  _globals['_EXECUTIONFINISHED']._serialized_start=1371
+  _globals['_EXECUTIONFINISHED']._serialized_end=1582
+  _globals['_KILLREQUEST']._serialized_start=1584
+  _globals['_KILLREQUEST']._serialized_end=1653
+  _globals['_KILLRESPONSE']._serialized_start=1655
+  _globals['_KILLRESPONSE']._serialized_end=1684
+  _globals['_ACTIVEEXECUTIONSRESPONSE']._serialized_start=1686
+  _globals['_ACTIVEEXECUTIONSRESPONSE']._serialized_end=1759
+  _globals['_ACTIVEEXECUTION']._serialized_start=1762
+  _globals['_ACTIVEEXECUTION']._serialized_end=1898
+  _globals['_AGENTSERVICE']._serialized_start=1901
+  _globals['_AGENTSERVICE']._serialized_end=2193
 # @@protoc_insertion_point(module_scope)

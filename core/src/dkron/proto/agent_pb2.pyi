@@ -58,7 +58,7 @@ class ProcessorConfig(_message.Message):
     def __init__(self, config: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AgentRunRequest(_message.Message):
-    __slots__ = ("job", "run_id", "execution_id", "attempt", "scheduled_at_ms", "timeout_ms", "group", "kind")
+    __slots__ = ("job", "run_id", "execution_id", "attempt", "scheduled_at_ms", "timeout_ms", "group", "kind", "start_in_ms")
     JOB_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class AgentRunRequest(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    START_IN_MS_FIELD_NUMBER: _ClassVar[int]
     job: JobSpec
     run_id: str
     execution_id: str
@@ -75,7 +76,8 @@ class AgentRunRequest(_message.Message):
     timeout_ms: int
     group: int
     kind: str
-    def __init__(self, job: _Optional[_Union[JobSpec, _Mapping]] = ..., run_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., attempt: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., group: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
+    start_in_ms: int
+    def __init__(self, job: _Optional[_Union[JobSpec, _Mapping]] = ..., run_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., attempt: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., group: _Optional[int] = ..., kind: _Optional[str] = ..., start_in_ms: _Optional[int] = ...) -> None: ...
 
 class WatchRunsRequest(_message.Message):
     __slots__ = ("watch_id",)
