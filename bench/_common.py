@@ -160,6 +160,7 @@ def analyze_stamps(path: Path, window_start_ms: int, window_end_ms: int, deadlin
     lateness.sort()
     # median lateness per tick, to see whether a backlog builds up over the window
     per_tick = [statistics.median(v) for _, v in sorted(by_second.items())]
+    per_tick_p99 = [percentile(sorted(v), 99) for _, v in sorted(by_second.items())]
     return {
         "achieved": len(lateness),
         "duplicates": duplicates,
@@ -167,6 +168,7 @@ def analyze_stamps(path: Path, window_start_ms: int, window_end_ms: int, deadlin
         "malformed": malformed,
         "lateness_ms": lateness,
         "per_tick_median_ms": per_tick,
+        "per_tick_p99_ms": per_tick_p99,
         "per_job": started_per_job,
         "start_ms": first_ms,
     }

@@ -241,19 +241,22 @@ def section_throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
                 "achieved": stats["achieved"],
                 "launches_per_s": round(stats["achieved"] / args.seconds, 1),
                 **lateness_row(stats),
+                **per_tick_row(stats),
                 "duplicates": stats["duplicates"],
                 "cpu_pct": cpu_pct(before, after),
                 "leader": leader.name,
             }
             rows.append(row)
             print(
-                f"  {count} jobs: {row['launches_per_s']}/s of {count}/s, p99 {row['p99_ms']} ms, "
+                f"  {count} jobs: {row['launches_per_s']}/s of {count}/s, p99 {row['p99_ms']} ms "
+                f"(per second: median {row['tick_p99_median_ms']}, worst {row['tick_p99_worst_ms']}), "
                 f"max {row['max_ms']} ms, dup {row['duplicates']}, cpu {row['cpu_pct']}",
                 flush=True,
             )
     finally:
         stops = cluster.stop_all(40)
         cluster.kill_all()
+    floor = machine_floor(args, base, max(args.counts)) if args.floor else None
     print()
     print_table(
         [
@@ -293,7 +296,44 @@ def section_throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     if best is not None and best["jobs"] >= 500:
         ok = best["launches_per_s"] >= 500 and (best["p99_ms"] or math.inf) <= 250
     print(f"target >= 500 launches/s with p99 <= 250 ms: {verdict(ok)}")
-    return {"rows": rows, "stamp": kind, "target_ok": ok, "stop_s": {n: s.get("seconds") for n, s in stops.items()}}
+    if floor is not None and best is not None and best["p99_ms"] and floor["p99_ms"]:
+        floor["cluster_over_floor"] = round(best["p99_ms"] / floor["p99_ms"], 2)
+        print(
+            f"machine floor now ({floor['variant']}, {best['jobs']} at once, no cluster): p99 {floor['p99_ms']} ms; "
+            f"the cluster's p99 is {floor['cluster_over_floor']}x that"
+        )
+    return {
+        "rows": rows,
+        "stamp": kind,
+        "target_ok": ok,
+        "floor": floor,
+        "stop_s": {n: s.get("seconds") for n, s in stops.items()},
+    }
+
+
+def per_tick_row(stats: dict[str, Any]) -> dict[str, Any]:
+    """p99 of each second's launches: one slow second (a hiccup) vs every second slow."""
+    ticks = [p for p in stats["per_tick_p99_ms"] if p is not None]
+    return {
+        "tick_p99_median_ms": rnd(statistics.median(ticks)) if ticks else None,
+        "tick_p99_worst_ms": rnd(max(ticks)) if ticks else None,
+    }
+
+
+def machine_floor(args: argparse.Namespace, base: Path, count: int) -> dict[str, Any] | None:
+    """The same launches from two C spawner processes, no cluster (probe_spawn_floor's
+    ``c-spawn x2``), measured right after the cluster: this machine's floor at that moment, so
+    that a noisy host can be told from a slow cluster."""
+    import probe_spawn_floor as floor_probe
+
+    kind, _, config = make_stamp("auto", base, base / "floor.stamps")
+    spawnloop = floor_probe.compile_c(base, "spawnloop", floor_probe.SPAWN_C)
+    if kind != "c" or spawnloop is None:
+        print("  machine floor: skipped (needs a C compiler)")
+        return None
+    lat = floor_probe.run_c_spawn(spawnloop, floor_probe.C.stamp_argv(config)[0], base / "floor.stamps", count, 3, 2)
+    p50, p99 = rnd(percentile(lat, 50)), rnd(percentile(lat, 99))
+    return {"variant": "c-spawn x2", "jobs": count, "p99_ms": p99, "p50_ms": p50}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,6 +543,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="client threads creating jobs")
     parser.add_argument("--stamp", default="auto", choices=("auto", "c", "bash", "date"), help="timing command")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (node logs, stamp files)")
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="(a) skip the machine floor (two C spawners, no cluster) measured after the cluster",
+    )
     parser.add_argument("--node-args", default="", help='extra flags for every node, e.g. "--max-concurrent-runs 128"')
     args = parser.parse_args(argv)
     NODE_ARGS[:] = args.node_args.split()
