@@ -281,3 +281,31 @@ def test_a_run_keeps_its_group_and_kind_on_the_wire_and_in_a_delivered_result():
     }
     stored = record_from_done(done_request(record, "a1"))
     assert (stored["group"], stored["kind"], stored["attempt"]) == (123, "retry", 2)
+
+
+def test_a_result_is_stored_alike_whether_it_came_on_a_stream_or_was_delivered_later():
+    """A node sends a finished run on its leader's WatchRuns stream, or with ExecutionDone when
+    that stream is gone; the leader must store the same result either way. Here the executor
+    wrote nothing (output_bytes 0) and the output is only the error Dkron prefixes."""
+    from dkron.cluster.agent_service import finished_message
+    from dkron.cluster.cluster_service import result_fields
+    from dkron.cluster.delivery import done_request
+
+    record = {
+        "id": "9-a1",
+        "job_name": "j",
+        "run_id": "j@9",
+        "status": "failed",
+        "success": False,
+        "error": "exit status 3",
+        "exit_code": 3,
+        "output": "exit status 3\n",
+        "output_bytes": 0,
+        "started_at": "2026-11-30T00:00:00.500Z",
+        "finished_at": "2026-11-30T00:00:01.000Z",
+    }
+    on_stream = result_fields(finished_message(record))
+    delivered = result_fields(done_request(record, "a1"))
+    assert on_stream == delivered
+    assert on_stream["output_bytes"] == 0 and on_stream["exit_code"] == 3
+    assert on_stream["output"] == "exit status 3\n"

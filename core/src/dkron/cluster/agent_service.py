@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from dkron.cluster.delivery import _ms
+from dkron.cluster.delivery import _ms, result_message_fields
 from dkron.cluster.watch import Watchers
 from dkron.proto import agent_pb2, agent_pb2_grpc
 from dkron.runner import Runner, RunSpec
@@ -70,19 +70,7 @@ def request_from_spec(spec: RunSpec) -> agent_pb2.AgentRunRequest:
 
 
 def finished_message(record: dict[str, Any]) -> agent_pb2.ExecutionFinished:
-    output = (record.get("output") or "").encode("utf-8", "replace")
-    finished = agent_pb2.ExecutionFinished(
-        success=bool(record.get("success")),
-        error=record.get("error") or "",
-        finished_at_ms=_ms(record.get("finished_at")),
-        output_tail=output,
-        output_truncated=bool(record.get("output_truncated")),
-        output_bytes_total=int(record.get("output_bytes") or len(output)),
-        started_at_ms=_ms(record.get("started_at")),
-    )
-    if record.get("exit_code") is not None:
-        finished.exit_code = int(record["exit_code"])
-    return finished
+    return agent_pb2.ExecutionFinished(**result_message_fields(record))
 
 
 _OUTCOMES = {
