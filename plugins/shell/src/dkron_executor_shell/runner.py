@@ -43,6 +43,11 @@ DRAIN_AFTER_KILL = 1.0
 READ_SIZE = 65536
 
 _POLL_OUT_EVENTS = select.POLLIN | select.POLLHUP | select.POLLERR
+#: One child is started at a time in this process. CPython 3.11 holds the GIL through vfork()
+#: until the child has exec'd, so starts are serialized anyway; without this lock the threads
+#: of a burst (one per run) also fight over the GIL inside Popen's Python code, and an agent
+#: spent about 40 % of its CPU switching between them (bench/bench_cluster.py, section a).
+_SPAWN_LOCK = threading.Lock()
 _devnull_fd: int | None = None
 _devnull_lock = threading.Lock()
 
@@ -131,15 +136,16 @@ def run(cfg: ShellConfig, env: Mapping[bytes, bytes], output: OutputSink, cancel
     if cfg.payload is not None:
         stdin_r, stdin_w = os.pipe()
     try:
-        proc = subprocess.Popen(
-            cfg.argv,
-            stdin=stdin_r if stdin_r is not None else _devnull(),
-            stdout=out_w,
-            stderr=out_w,  # interleaved into the same pipe, in the order the child writes
-            cwd=cfg.cwd,
-            env=env,
-            start_new_session=True,
-        )
+        with _SPAWN_LOCK:
+            proc = subprocess.Popen(
+                cfg.argv,
+                stdin=stdin_r if stdin_r is not None else _devnull(),
+                stdout=out_w,
+                stderr=out_w,  # interleaved into the same pipe, in the order the child writes
+                cwd=cfg.cwd,
+                env=env,
+                start_new_session=True,
+            )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         for fd in (out_r, stdin_w):
             if fd is not None:
