@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_MISSED_COUNTED = 10_000  # bound the catch-up walk for very frequent schedules
 MAX_CATCHUP_RUNS = 100  # catchup "all" runs at most this many missed ticks
 LAUNCH_RETENTION_MS = 24 * 3600 * 1000
+#: How early a run due at a whole second is sent to its node (which holds it until then).
+DISPATCH_AHEAD = 0.5
 
 
 class RunRefused(Exception):
@@ -101,7 +103,7 @@ class Scheduler(FollowupPlanning):
         # 1.5 s: planning then happens mid-second, not at the top of the second when the
         # dispatcher starts the previous batch (both compete for the GIL).
         lookahead: float = 1.5,
-        dispatch_ahead: float = 0.5,
+        dispatch_ahead: float = DISPATCH_AHEAD,
         catchup_window: float = 60.0,
         clock: Callable[[], float] = time.time,
         placement: Placement | None = None,
