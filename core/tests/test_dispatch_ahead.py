@@ -13,9 +13,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from scheduler_stubs import StubPlacement
 
 from dkron.contracts import ExecutorRegistry, ProcessorRegistry
 from dkron.runner import Runner, RunSpec
@@ -26,27 +27,15 @@ from dkron.store.state import StateMachine
 NOW = "2026-01-01T00:00:00.000Z"
 
 
-class Recorded:
+class Recorded(StubPlacement):
     def __init__(self) -> None:
         self.submitted: list[tuple[float, RunSpec]] = []
         self._lock = threading.Lock()
-
-    def targets(self, job: dict[str, Any], avoid: Iterable[str] = ()) -> list[str]:
-        return ["n1"]
 
     def submit(self, spec: RunSpec) -> str:
         with self._lock:
             self.submitted.append((time.time(), spec))
         return "started"
-
-    def running_jobs(self) -> set[str]:
-        return set()
-
-    def active(self) -> list[dict[str, Any]]:
-        return []
-
-    def kill(self, job: str, execution_id: str, reason: str) -> bool:
-        return False
 
 
 def test_runs_of_overlapping_jobs_are_sent_ahead_and_forbid_jobs_at_their_second(tmp_path: Path) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from scheduler_stubs import StubPlacement
 
 from dkron.contracts import ExecutorRegistry, ProcessorRegistry
 from dkron.runner import Runner, RunSpec
@@ -28,7 +30,7 @@ from dkron.store.state import StateMachine
 NOW = "2026-01-01T00:00:00.000Z"
 
 
-class Submissions:
+class Submissions(StubPlacement):
     """Where the scheduler's runs go: remembered and reported started, never executed (the test
     is about which ticks get dispatched, not about running them)."""
 
@@ -36,9 +38,6 @@ class Submissions:
         self.run_ids: list[str] = []
         self._lock = threading.Lock()
         self._write = write
-
-    def targets(self, job: dict[str, Any], avoid: Iterable[str] = ()) -> list[str]:
-        return ["n1"]
 
     def submit(self, spec: RunSpec) -> str:
         with self._lock:
@@ -53,15 +52,6 @@ class Submissions:
         }
         self._write("record", {"executions": [started]})
         return "started"
-
-    def running_jobs(self) -> set[str]:
-        return set()
-
-    def active(self) -> list[dict[str, Any]]:
-        return []
-
-    def kill(self, job: str, execution_id: str, reason: str) -> bool:
-        return False
 
     def ticks(self) -> list[int]:
         with self._lock:
