@@ -295,6 +295,11 @@ class Agent:
         return self.raft.write(command, payload, timeout=timeout)
 
     @property
+    def stopping(self) -> bool:
+        """A graceful stop has begun (SIGTERM, ``dkron leave``)."""
+        return self._stopped.is_set()
+
+    @property
     def is_leader(self) -> bool:
         return bool(self.raft and self.raft.is_leader)
 
@@ -411,6 +416,9 @@ class Agent:
         of after an election timeout. Bounded: a lone server has no one to hand over to."""
         if self.raft is None or not self.is_leader or not self.raft.otherNodes:
             return
+        status = self.raft.status()
+        if not any(v == 2 for k, v in status.items() if k.startswith("partner_node_status_server_")):
+            return  # no other server is connected (the whole cluster is stopping): nobody to take over
         self.raft.transferLeadership()
         deadline = time.monotonic() + 2.0
         while self.is_leader and time.monotonic() < deadline:

@@ -144,8 +144,13 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         if request.node_name in ("", self.agent.node_name):
             return stop_soon(self.agent)  # `dkron leave`: this node leaves and stops
         left = self.agent.cluster.membership.leave(request.node_name)
+        # A server that is stopping too (the whole cluster going down at once) may have no quorum
+        # left: waiting 5 s for the commit would hold the leaving node and this server's own exit.
+        # Membership is soft state; the next leader sees the node as gone anyway.
+        timeout = 0.5 if self.agent.stopping else 5.0
         try:
-            self.agent.write("node_left", {"name": request.node_name, "now": format_time(datetime.now(UTC))}, timeout=5)
+            now = format_time(datetime.now(UTC))
+            self.agent.write("node_left", {"name": request.node_name, "now": now}, timeout=timeout)
         except Exception as exc:
             log.warning("could not record that %s left: %s", request.node_name, exc)
         return cluster_pb2.Ack(node_name=self.agent.node_name, message="left" if left else "unknown node")

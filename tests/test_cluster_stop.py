@@ -1,0 +1,38 @@
+"""Stopping a whole cluster at once is quick (3 servers + 1 agent, real processes).
+
+The followers go first, then the leader and the agent get SIGTERM together, as when an operator
+stops every node for maintenance. The leader has no quorum left, so nothing it would commit can
+commit. It must not wait for that: the agent's ``Leave`` used to hold the leader's exit for the
+5 s commit timeout and the agent's for 3 s, and the leader waited 2 s more to hand its
+leadership to servers that were gone.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from dkron.localcluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_leader_and_agent_stopped_after_the_followers_exit_at_once(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path, agents={"a1": {"pool": "web"}}) as cluster:
+        cluster.start(timeout=120)
+        leader = cluster.wait_ready(60)
+        for follower in (s for s in cluster.servers if s is not leader):
+            follower.stop(20)
+        agent = cluster.agents[0]
+        threads = [threading.Thread(target=node.stop, args=(20,)) for node in (leader, agent)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(40)
+        stops = {node.name: node.last_stop for node in (leader, agent)}
+    for name, stop in stops.items():
+        assert stop.get("graceful") and stop.get("rc") == 0, (name, stop)
+    assert stops[agent.name]["seconds"] < 2.0, stops  # was 3.1 s
+    assert stops[leader.name]["seconds"] < 3.0, stops  # was 5.1 s
