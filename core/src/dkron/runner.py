@@ -171,7 +171,7 @@ class Runner:
             if not self._accepting:
                 return ["stopping"] * len(runs)
             fresh = self.ledger.claim_many([f"{spec.run_id}#{spec.attempt}" for spec, _ in runs])
-            outcomes, accepted, held = [], [], False
+            outcomes, accepted = [], []
             for (spec, report), new in zip(runs, fresh, strict=True):
                 if not new:
                     outcomes.append("duplicate")
@@ -181,17 +181,20 @@ class Runner:
                 planned = _iso(start_at) if start_at > now else _now()
                 running = Running(spec, planned, TailBuffer(self.max_output_bytes, masks), report or self._record)
                 self._running[(spec.job["name"], spec.execution_id)] = running
-                if start_at > now:
-                    heapq.heappush(self._held, (start_at, next(self._held_seq), running))
-                    held = True
-                accepted.append((running, start_at > now))
+                accepted.append((running, start_at if start_at > now else 0.0))
                 outcomes.append("started")
-            if held:
-                self._start_held_runs()
-        for running, is_held in accepted:
-            running.report(self._event(running, "running"))
-            if not is_held:
+        held = []
+        for running, start_at in accepted:
+            running.report(self._event(running, "running"))  # before it can start, let alone end
+            if start_at:
+                held.append((start_at, running))
+            else:
                 self._pool.submit(self._run, running)
+        if held:
+            with self._lock:
+                for start_at, running in held:
+                    heapq.heappush(self._held, (start_at, next(self._held_seq), running))
+                self._start_held_runs()
         return outcomes
 
     def _start_held_runs(self) -> None:
