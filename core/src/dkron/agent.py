@@ -416,8 +416,7 @@ class Agent:
         of after an election timeout. Bounded: a lone server has no one to hand over to."""
         if self.raft is None or not self.is_leader or not self.raft.otherNodes:
             return
-        status = self.raft.status()
-        if not any(v == 2 for k, v in status.items() if k.startswith("partner_node_status_server_")):
+        if not self.raft.connected_partners():
             return  # no other server is connected (the whole cluster is stopping): nobody to take over
         self.raft.transferLeadership()
         deadline = time.monotonic() + 2.0

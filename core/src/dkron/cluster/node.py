@@ -334,12 +334,12 @@ class Cluster:
     def raft_peers(self) -> list[dict[str, Any]]:
         if self.raft is None:
             return []
-        status = self.raft.status()
-        leader = str(status.get("leader") or "")
+        leader = self.raft.leader_addr() or ""
+        connected_partners = self.raft.connected_partners()
         peers = []
         for name, info in sorted(self.servers.items()):
             raft_addr = info["raft_addr"]
-            connected = name == self.node_name or status.get(f"partner_node_status_server_{raft_addr}") == 2
+            connected = name == self.node_name or raft_addr in connected_partners
             peers.append(
                 {
                     "node_name": name,

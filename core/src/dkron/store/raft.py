@@ -372,5 +372,9 @@ class RaftNode(SyncObj):
         leader = self._getLeader()
         return getattr(leader, "id", None) if leader is not None else None
 
+    def connected_partners(self) -> set[str]:
+        """Raft addresses of the other servers this one is connected to right now."""
+        return {node.id for node in self.otherNodes if self.isNodeConnected(node)}
+
     def status(self) -> dict[str, Any]:
         return self.getStatus()
