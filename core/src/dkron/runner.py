@@ -113,7 +113,7 @@ def _iso(seconds: float) -> str:
 
 
 def _scheduled_iso(ms: int) -> str | None:
-    return format_time(datetime.fromtimestamp(ms / 1000, UTC)) if ms else None
+    return _iso(ms / 1000) if ms else None
 
 
 class Runner:
