@@ -42,3 +42,15 @@ def test_runs_are_spread_evenly_over_the_matching_nodes():
         frozenset({"a2", "a3"}): 100,
         frozenset({"a1", "a3"}): 100,
     }
+
+
+def test_nodes_taken_despite_avoid_count_as_chosen():
+    """A retry that must reuse an avoided node still takes every preferred one: they all count
+    as chosen, so the next pick goes to the node left out."""
+    m = _members(("a1", {"pool": "web"}), ("a2", {"pool": "web"}), ("a3", {"pool": "web"}))
+    assert [n.name for n in m.select({"pool": "web:1"}, avoid=["a1", "a2"])] == ["a3"]  # a3 first
+    first, second = (m.select({"pool": "web:1"}, avoid=["a3"])[0].name for _ in range(2))
+    assert {first, second} == {"a1", "a2"}
+    # a3 and the least recently chosen of the avoided ones (first); second is left out.
+    assert {n.name for n in m.select({"pool": "web:2"}, avoid=["a1", "a2"])} == {"a3", first}
+    assert [n.name for n in m.select({"pool": "web:1"})] == [second]

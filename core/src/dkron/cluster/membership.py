@@ -198,7 +198,10 @@ class Membership:
         if len(preferred) >= limit:
             return self._least_recently_chosen(preferred, limit)
         rest = [n for n in eligible if n.name in avoided]
-        return preferred + self._least_recently_chosen(rest, limit - len(preferred))
+        # All the preferred are taken; they count as chosen too, so the rotation stays even.
+        return self._least_recently_chosen(preferred, len(preferred)) + self._least_recently_chosen(
+            rest, limit - len(preferred)
+        )
 
     def _least_recently_chosen(self, nodes: list[Node], count: int) -> list[Node]:
         with self._lock:
