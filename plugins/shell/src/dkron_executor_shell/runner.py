@@ -29,7 +29,7 @@ from dkron_executor_shell.config import ShellConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run"]
+__all__ = ["kill_and_reap", "run", "spawn", "supervise"]
 
 #: How often a running job notices its CancelToken (the token has no fd to poll on).
 CANCEL_POLL = 0.1
@@ -129,6 +129,22 @@ class _Sink:
         self.write(prefix + message.encode() + b"\n")
 
 
+def spawn(
+    argv: list[str] | tuple[str, ...], cfg: ShellConfig, env: Mapping[bytes, bytes], stdin: int, out_w: int
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as the leader of a new session, output (both streams) into ``out_w``."""
+    with _SPAWN_LOCK:
+        return subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=out_w,
+            stderr=out_w,  # interleaved into the same pipe, in the order the child writes
+            cwd=cfg.cwd,
+            env=env,
+            start_new_session=True,
+        )
+
+
 def run(cfg: ShellConfig, env: Mapping[bytes, bytes], output: OutputSink, cancel: CancelToken) -> ExecutionResult:
     """Start ``cfg.argv`` and supervise it until it exits (and its output pipe closes)."""
     out_r, out_w = os.pipe()
@@ -136,16 +152,7 @@ def run(cfg: ShellConfig, env: Mapping[bytes, bytes], output: OutputSink, cancel
     if cfg.payload is not None:
         stdin_r, stdin_w = os.pipe()
     try:
-        with _SPAWN_LOCK:
-            proc = subprocess.Popen(
-                cfg.argv,
-                stdin=stdin_r if stdin_r is not None else _devnull(),
-                stdout=out_w,
-                stderr=out_w,  # interleaved into the same pipe, in the order the child writes
-                cwd=cfg.cwd,
-                env=env,
-                start_new_session=True,
-            )
+        proc = spawn(cfg.argv, cfg, env, stdin_r if stdin_r is not None else _devnull(), out_w)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         for fd in (out_r, stdin_w):
             if fd is not None:
@@ -156,19 +163,36 @@ def run(cfg: ShellConfig, env: Mapping[bytes, bytes], output: OutputSink, cancel
         os.close(out_w)
         if stdin_r is not None:
             os.close(stdin_r)
+    return supervise(proc, cfg, output, cancel, out_r, stdin_w)
+
+
+def supervise(
+    proc: subprocess.Popen[bytes],
+    cfg: ShellConfig,
+    output: OutputSink,
+    cancel: CancelToken,
+    out_r: int,
+    stdin_w: int | None,
+) -> ExecutionResult:
+    """Stream ``proc``'s output, feed its stdin, enforce its limits; reap it. Closes both fds."""
     supervisor = None
     try:
         supervisor = _Supervisor(proc, cfg, output, cancel, out_r, stdin_w)
         return supervisor.loop()
     except BaseException:
         # A bug in the loop (or KeyboardInterrupt): never leave the job running unsupervised.
-        _killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_and_reap(proc)
         if supervisor is None and stdin_w is not None:
             os.close(stdin_w)
         raise
     finally:
         os.close(out_r)
+
+
+def kill_and_reap(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's whole process group, then reap the child."""
+    _killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 class _Supervisor:
