@@ -36,16 +36,33 @@ def executor() -> ShellExecutor:
     return ShellExecutor()
 
 
-@pytest.fixture
-def run(executor: ShellExecutor) -> Callable[..., tuple[ExecutionResult, RecordingSink]]:
-    """Validate ``config`` like the core does, then execute it; returns (result, sink)."""
+@pytest.fixture(params=["execute", "gated"])
+def run(
+    request: pytest.FixtureRequest, executor: ShellExecutor
+) -> Callable[..., tuple[ExecutionResult, RecordingSink]]:
+    """Validate ``config`` like the core does, then run it; returns (result, sink).
+
+    Every test runs twice: through ``execute`` (a run started at once), and through ``prepare``
+    then ``start`` and ``wait`` (a run sent ahead of its second, spawned early behind the gate).
+    A job must not be able to tell them apart. Where a run cannot be gated exactly, ``prepare``
+    declines and the core calls ``execute``, as here.
+    """
+    mode = request.param
 
     def _run(
-        config: dict[str, str], cancel: CancelToken | None = None, **request: object
+        config: dict[str, str], cancel: CancelToken | None = None, **fields: object
     ) -> tuple[ExecutionResult, RecordingSink]:
         sink = RecordingSink()
-        fields: dict[str, object] = {"job_name": "job1", "run_id": "run-1", **request}
-        req = ExecutionRequest(config=executor.validate(config), **fields)  # type: ignore[arg-type]
-        return executor.execute(req, sink, cancel or CancelToken()), sink
+        req = ExecutionRequest(config=executor.validate(config), **{"job_name": "job1", "run_id": "run-1", **fields})  # type: ignore[arg-type]
+        token = cancel or CancelToken()
+        if mode == "gated":
+            prepared = executor.prepare(req, sink, token)
+            _run.gated.append(prepared is not None)  # type: ignore[attr-defined]
+            if prepared is not None:
+                prepared.start()
+                return prepared.wait(), sink
+        return executor.execute(req, sink, token), sink
 
+    _run.mode = mode  # type: ignore[attr-defined]
+    _run.gated = []  # type: ignore[attr-defined]
     return _run

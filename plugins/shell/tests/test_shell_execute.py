@@ -204,6 +204,8 @@ def test_cancel_lets_the_job_clean_up_then_escalates(run: RunFn) -> None:
 
 
 def test_already_cancelled_run_does_not_start(run: RunFn, tmp_path: Path) -> None:
+    if run.mode == "gated":
+        pytest.skip("the core discards a prepared run killed before its start (core/tests/test_watch_runs.py)")
     cancel = CancelToken()
     cancel.cancel("agent stopping")
     marker = tmp_path / "ran"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from dkron.contracts import CancelToken, ExecutionRequest, ExecutionResult, OutputSink
+from dkron.contracts import CancelToken, ConfigError, ExecutionRequest, ExecutionResult, OutputSink
 from dkron.pluginkit import guarded_execute
+from dkron_executor_shell import gate
 from dkron_executor_shell.config import CONFIG_SCHEMA, ShellConfig, parse_config, validate_config
 from dkron_executor_shell.runner import run
 
@@ -54,3 +55,13 @@ class ShellExecutor:
             return run(cfg, child_environment(cfg, request), output, cancel)
 
         return guarded_execute("shell", request, cancel, parse_config, start)
+
+    def prepare(self, request: ExecutionRequest, output: OutputSink, cancel: CancelToken) -> gate.GatedChild | None:
+        """Spawn a run that starts later (its second) now, waiting behind a gate; see ``gate``.
+
+        None when it cannot be gated exactly: then it is started by ``execute`` at its time."""
+        try:
+            cfg = parse_config(request.config)
+        except ConfigError:
+            return None  # execute() reports it
+        return gate.prepare(cfg, child_environment(cfg, request), output, cancel)
