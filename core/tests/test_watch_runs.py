@@ -187,6 +187,7 @@ def test_a_run_sent_ahead_is_held_until_its_time(node: Node, tmp_path: Any) -> N
     assert {e["id"] for e in node.runner.active()} == {"5-a"}  # listed as running: not lost
     time.sleep(0.4)
     assert not marker.exists(), "the run started on arrival, not at its time"
+    assert node.runner.prepared_runs == 1  # its process is spawned, waiting for its second
     assert node.start("w-4", [node.run("early", "early@5", "5-b", "echo twice")]) == [
         ("5-b", agent_pb2.RunStart.DUPLICATE)
     ]

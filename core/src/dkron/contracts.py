@@ -25,6 +25,7 @@ __all__ = [
     "Executor",
     "ExecutorRegistry",
     "OutputSink",
+    "PreparedExecution",
     "Processor",
     "ProcessorRegistry",
     "RegistrationError",
@@ -158,6 +159,31 @@ class Executor(Protocol):
 
     def execute(self, request: ExecutionRequest, output: OutputSink, cancel: CancelToken) -> ExecutionResult:
         """Run one execution, writing output to ``output``; return when done or cancelled."""
+        ...
+
+    # Optional (not part of the runtime check, so executors without it still register):
+    #
+    # def prepare(self, request, output, cancel) -> PreparedExecution | None:
+    #     """Make an execution that is due later ready now (e.g. spawn its process, waiting).
+    #     Called ahead of runs the leader sent before their time; None: use ``execute`` then."""
+
+
+class PreparedExecution(Protocol):
+    """An execution an executor made ready before its start time (see ``Executor.prepare``).
+
+    The core calls either :meth:`start` then :meth:`wait`, or only :meth:`discard`; each once.
+    """
+
+    def start(self) -> None:
+        """Begin the execution now. Must be quick and must not block (it runs at the second)."""
+        ...
+
+    def wait(self) -> ExecutionResult:
+        """After :meth:`start`: follow the execution until it ends, as ``execute`` would."""
+        ...
+
+    def discard(self) -> None:
+        """The execution will not start (killed, or the node stops): release what was prepared."""
         ...
 
 

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from dkron.contracts import (
     ExecutionRequest,
     ExecutionResult,
     ExecutorRegistry,
+    PreparedExecution,
     ProcessorRegistry,
 )
 from dkron.jobs import format_time
@@ -93,6 +95,8 @@ Report = Callable[[dict[str, Any]], None]
 
 #: The longest a run is held for its start time (a guard against a wrong or jumping clock).
 MAX_HOLD = 5.0
+#: A held run is prepared (its executor's ``prepare``) only with at least this long to go.
+PREPARE_MIN_LEAD = 0.02
 
 
 @dataclass
@@ -102,6 +106,15 @@ class Running:
     output: TailBuffer
     report: Report
     cancel: CancelToken = field(default_factory=CancelToken)
+    #: When it may start (``time.time()``; 0 = at once) and, while held, what became of it:
+    #: "held", "preparing" (its executor is preparing it), "due" (its time came while it was
+    #: being prepared: the preparer launches it), "gone" (killed while being prepared: the
+    #: preparer discards it) or "launched".
+    start_at: float = 0.0
+    phase: str = "held"
+    prepared: PreparedExecution | None = None
+    #: Its prepared execution, once started (by the starter, before a worker took the run).
+    begun: PreparedExecution | None = None
 
 
 def _now() -> str:
@@ -134,6 +147,10 @@ class Runner:
         self._record = record
         self.max_output_bytes = max_output_bytes
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="run")
+        self._workers = max_concurrent
+        #: Runs handed to the pool and not finished (queued or running): below ``_workers``, a
+        #: worker is idle, so a run started before it is handed over is not left unwatched.
+        self._busy = 0
         self._lock = threading.Lock()
         # Keyed by (job, execution id): execution ids are unique per job only (as in Dkron).
         self._running: dict[tuple[str, str], Running] = {}
@@ -148,6 +165,15 @@ class Runner:
         self._held_cond = threading.Condition(self._lock)
         self._starter: threading.Thread | None = None
         self._held_killed = False
+        #: Held runs whose executor can prepare them, in arrival order, and the thread that does.
+        self._to_prepare: deque[Running] = deque()
+        self._prepare_cond = threading.Condition(self._lock)
+        self._preparer: threading.Thread | None = None
+        self._prepared = 0
+        #: At most as many prepared runs wait as may run at once (each may be a waiting
+        #: process): more would not start sooner, and preparing costs CPU (an extra exec of the
+        #: gate's shell) while the leader may still be dispatching a large burst.
+        self._max_prepared = max_concurrent
         #: When a run last began executing (monotonic): its node defers sending results while
         #: runs are still being started, so that the burst of a whole second has the CPU.
         self.last_start = 0.0
@@ -180,29 +206,93 @@ class Runner:
                 start_at = min(spec.start_at, now + MAX_HOLD)
                 planned = _iso(start_at) if start_at > now else _now()
                 running = Running(spec, planned, TailBuffer(self.max_output_bytes, masks), report or self._record)
+                running.start_at = start_at if start_at > now else 0.0
                 self._running[(spec.job["name"], spec.execution_id)] = running
-                accepted.append((running, start_at if start_at > now else 0.0))
+                accepted.append(running)
                 outcomes.append("started")
         held = []
-        for running, start_at in accepted:
+        for running in accepted:
             running.report(self._event(running, "running"))  # before it can start, let alone end
-            if start_at:
-                held.append((start_at, running))
+            if running.start_at:
+                held.append(running)
             else:
-                self._pool.submit(self._run, running)
+                running.phase = "launched"
+                self._submit(running)
         if held:
             with self._lock:
-                for start_at, running in held:
-                    heapq.heappush(self._held, (start_at, next(self._held_seq), running))
+                for running in held:
+                    heapq.heappush(self._held, (running.start_at, next(self._held_seq), running))
+                    if callable(getattr(self.executors.get(running.spec.job["executor"]), "prepare", None)):
+                        self._to_prepare.append(running)
                 self._start_held_runs()
         return outcomes
 
     def _start_held_runs(self) -> None:
-        """Wake (or make) the thread that starts held runs at their time. Lock held."""
+        """Wake (or make) the threads that prepare held runs and start them at their time. Lock held."""
         if self._starter is None:
             self._starter = threading.Thread(target=self._starter_loop, name="run-starter", daemon=True)
             self._starter.start()
         self._held_cond.notify()
+        if self._to_prepare:
+            if self._preparer is None:
+                self._preparer = threading.Thread(target=self._preparer_loop, name="run-preparer", daemon=True)
+                self._preparer.start()
+            self._prepare_cond.notify()
+
+    def _preparer_loop(self) -> None:
+        """Prepare held runs one at a time (executors such as shell spawn the process early).
+
+        A run not prepared by its time simply starts as any other run."""
+        while True:
+            with self._lock:
+                while not self._to_prepare:
+                    self._prepare_cond.wait()
+                running = self._to_prepare.popleft()
+                if (
+                    running.phase != "held"
+                    or running.cancel.cancelled
+                    or self._prepared >= self._max_prepared
+                    or running.start_at - time.time() < PREPARE_MIN_LEAD
+                ):
+                    continue
+                running.phase = "preparing"
+            prepared = self._prepare(running)
+            with self._lock:
+                phase = running.phase
+                running.phase = {"preparing": "held", "due": "launched"}.get(phase, phase)
+                if prepared is not None and phase != "gone":
+                    running.prepared = prepared
+                    self._prepared += 1
+            if phase == "gone":  # killed meanwhile, and already reported as such
+                if prepared is not None:
+                    self._discard(prepared, running)
+            elif phase == "due":  # its time came meanwhile
+                self._launch([running])
+
+    def _prepare(self, running: Running) -> PreparedExecution | None:
+        executor = self.executors.get(running.spec.job["executor"])
+        with run_context(running.spec.job["name"], running.spec.run_id):
+            try:
+                return executor.prepare(self._request(running.spec), running.output, running.cancel)  # type: ignore[union-attr]
+            except Exception:  # a plugin bug: the run starts at its time through execute()
+                log.exception(
+                    "executor %s failed to prepare a run of %s", running.spec.job["executor"], running.spec.job["name"]
+                )
+                return None
+
+    def _discard(self, prepared: PreparedExecution, running: Running) -> None:
+        try:
+            prepared.discard()
+        except Exception:
+            log.exception("executor %s failed to discard a prepared run", running.spec.job["executor"])
+
+    def _release(self, running: Running) -> PreparedExecution | None:
+        """Take the run's prepared execution, if any (it no longer counts as waiting)."""
+        with self._lock:
+            prepared, running.prepared = running.prepared, None
+            if prepared is not None:
+                self._prepared -= 1
+        return prepared
 
     def _starter_loop(self) -> None:
         while True:
@@ -221,16 +311,72 @@ class Runner:
                         break
                     wait = self._held[0][0] - now if self._held else None
                     self._held_cond.wait(min(wait, 1.0) if wait is not None else None)
-            for running in due:
-                if not running.cancel.cancelled:
-                    running.started_at = _now()
-                    try:
-                        self._pool.submit(self._run, running)
+                launch = []
+                for running in due:
+                    if running.phase != "preparing":
+                        running.phase = "launched"
+                    elif running.cancel.cancelled:
+                        running.phase = "gone"  # ended as killed below; the preparer discards it
+                    else:
+                        running.phase = "due"  # the preparer launches it once prepared
                         continue
-                    except RuntimeError:  # the pool was shut down (the node is stopping)
-                        running.cancel.cancel("agent shutting down")
-                reason = f"killed before it started: {running.cancel.reason}"
-                self._finish(running, ExecutionResult(success=False, error=reason))
+                    launch.append(running)
+            self._launch(launch)
+
+    def _launch(self, runs: list[Running]) -> None:
+        """Start held runs whose time has come (or end those that were killed).
+
+        Prepared runs are started right here, all of them first, as long as a worker is idle
+        to follow each: a burst's runs then begin within a millisecond, not one by one as
+        workers wake up. The others start when a worker takes them, so no more than
+        ``max_concurrent`` run at once.
+        """
+        live = [running for running in runs if not running.cancel.cancelled]
+        dead = [running for running in runs if running.cancel.cancelled]
+        started_at = _now()
+        with self._lock:
+            idle = self._workers - self._busy
+            for running in live:
+                running.started_at = started_at
+                if running.prepared is not None and idle > 0:
+                    running.begun, running.prepared = running.prepared, None
+                    self._prepared -= 1
+                    idle -= 1
+        if any(running.begun is not None for running in live):
+            self.last_start = time.monotonic()
+        for running in live:
+            if running.begun is not None:
+                running.begun.start()
+        for running in live:
+            try:
+                self._submit(running)
+            except RuntimeError:  # the pool was shut down (the node is stopping)
+                if running.begun is not None:  # already started: follow it here
+                    with self._lock:
+                        self._busy += 1
+                    self._run(running)
+                    continue
+                running.cancel.cancel("agent shutting down")
+                self._end_unstarted(running)
+        for running in dead:
+            self._end_unstarted(running)
+
+    def _submit(self, running: Running) -> None:
+        with self._lock:
+            self._busy += 1
+        try:
+            self._pool.submit(self._run, running)
+        except RuntimeError:
+            with self._lock:
+                self._busy -= 1
+            raise
+
+    def _end_unstarted(self, running: Running) -> None:
+        prepared = self._release(running)
+        if prepared is not None:
+            self._discard(prepared, running)
+        reason = f"killed before it started: {running.cancel.reason}"
+        self._finish(running, ExecutionResult(success=False, error=reason))
 
     def _event(self, running: Running, status: str, **extra: Any) -> dict[str, Any]:
         spec = running.spec
@@ -251,8 +397,12 @@ class Runner:
 
     def _run(self, running: Running) -> None:
         self.last_start = time.monotonic()
-        with run_context(running.spec.job["name"], running.spec.run_id):  # job and run id on its log lines
-            self._run_in_context(running)
+        try:
+            with run_context(running.spec.job["name"], running.spec.run_id):  # job and run id on its log lines
+                self._run_in_context(running)
+        finally:
+            with self._lock:
+                self._busy -= 1
 
     def _run_in_context(self, running: Running) -> None:
         job = running.spec.job
@@ -289,12 +439,25 @@ class Runner:
     def _execute(self, running: Running) -> ExecutionResult:
         spec = running.spec
         job = spec.job
+        if running.begun is not None:
+            return running.begun.wait()
+        prepared = self._release(running)
+        if prepared is not None:
+            if running.cancel.cancelled:
+                self._discard(prepared, running)
+                return ExecutionResult(success=False, error=f"killed before it started: {running.cancel.reason}")
+            prepared.start()
+            return prepared.wait()
         executor = self.executors.get(job["executor"])
         if executor is None:
             return ExecutionResult(
                 success=False, error=f"executor {job['executor']!r} is not installed on node {self.node_name}"
             )
-        request = ExecutionRequest(
+        return executor.execute(self._request(spec), running.output, running.cancel)
+
+    def _request(self, spec: RunSpec) -> ExecutionRequest:
+        job = spec.job
+        return ExecutionRequest(
             job_name=job["name"],
             run_id=spec.run_id,
             config=job.get("executor_config") or {},
@@ -304,7 +467,6 @@ class Runner:
             scheduled_at=_scheduled_iso(spec.scheduled_ms) or "",
             metadata=job.get("metadata") or {},
         )
-        return executor.execute(request, running.output, running.cancel)
 
     def _process(self, job: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         # Processors run here, where the job ran, in a stable (sorted) order; Dkron runs them
@@ -345,6 +507,12 @@ class Runner:
         with self._lock:
             running = self._running.get((job, execution_id))
         return running.output if running else None
+
+    @property
+    def prepared_runs(self) -> int:
+        """Held runs whose executor has made them ready (e.g. a process waiting to start)."""
+        with self._lock:
+            return self._prepared
 
     def running_jobs(self) -> set[str]:
         with self._lock:
