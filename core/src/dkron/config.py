@@ -106,7 +106,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("retry-backoff-max", "duration", 300.0, "longest delay between two attempts of a run"),
     Option("shutdown-timeout", "duration", 30.0, "on SIGTERM, let running executions finish this long"),
-    Option("max-concurrent-runs", "int", 64, "executions running at once on this node"),
+    Option("max-concurrent-runs", "int", 256, "executions running at once on this node"),
     # SMTP for the email processor (Dkron's mail-* options, plus mail-tls/mail-timeout/mail-ca-file).
     Option("mail-host", "str", "", "SMTP server host for e-mail reports (empty = no e-mail)"),
     Option("mail-port", "int", 0, "SMTP server port (0 = 587 for starttls, 465 for tls, 25 for none)"),

@@ -137,7 +137,7 @@ class Runner:
         processors: ProcessorRegistry,
         record: Callable[[dict[str, Any]], None],
         *,
-        max_concurrent: int = 64,
+        max_concurrent: int = 256,
         max_output_bytes: int = 256_000,
         ledger: RunLedger | None = None,
     ) -> None:
