@@ -14,7 +14,9 @@ one whole second, in several ways, with no scheduler, Raft or HTTP, and reports 
   (``max_concurrent`` 64, as the agent's default) in K processes (``--runner-processes``, like K
   agents), each submitting its N/K ``RunSpec`` at the second in one batch. This is
   bench_launch (K=1) or bench_cluster's agents (K=2) without the scheduler, Raft, recorder,
-  gRPC and HTTP.
+  gRPC and HTTP. With ``--ahead 0.5`` the runs are submitted half a second early with their
+  start time, as the leader sends them: the runner holds them and the shell executor spawns
+  their processes meanwhile (``prepare``), so only the exec happens at the second.
 
 Needs gcc/cc for the C variants (they are skipped without it). Bounded: ``--ticks`` seconds
 per variant. Every child is waited for.
@@ -156,9 +158,19 @@ def seconds_ahead(ticks: int, lead: float) -> list[int]:
 
 
 def run_dkron_runner(
-    config: dict[str, str], out: Path, work: Path, n: int, at: list[int], workers: int, first: int = 0
+    config: dict[str, str],
+    out: Path,
+    work: Path,
+    n: int,
+    at: list[int],
+    workers: int,
+    first: int = 0,
+    ahead: float = 0.0,
 ) -> list[float]:
-    """Jobs ``first`` .. ``first + n - 1`` launched at each second of ``at`` (ms)."""
+    """Jobs ``first`` .. ``first + n - 1`` launched at each second of ``at`` (ms).
+
+    ``ahead`` > 0: submitted that many seconds early with their start time, as the leader
+    dispatches runs due at a whole second (the runner holds them, and may prepare them)."""
     from dkron.ledger import RunLedger
     from dkron.plugins import load_plugins
     from dkron.runner import Runner, RunSpec
@@ -176,8 +188,8 @@ def run_dkron_runner(
     used = []
     try:
         for t in at:
-            C.sleep_until(t / 1000)
-            while time.time() * 1000 < t:
+            C.sleep_until(t / 1000 - ahead)
+            while time.time() * 1000 < t - ahead * 1000:
                 pass
             runner.submit_many(
                 [
@@ -188,6 +200,7 @@ def run_dkron_runner(
                             execution_id=f"{t}-{job['name']}",
                             node_name="node1",
                             scheduled_ms=t,
+                            start_at=t / 1000 if ahead else 0.0,
                         ),
                         None,
                     )
@@ -203,7 +216,7 @@ def run_dkron_runner(
 
 
 def run_dkron_runners(
-    config: dict[str, str], out: Path, work: Path, n: int, ticks: int, workers: int, k: int
+    config: dict[str, str], out: Path, work: Path, n: int, ticks: int, workers: int, k: int, ahead: float = 0.0
 ) -> list[float]:
     """The runner in ``k`` processes (like ``k`` agents), each starting its share at the same seconds."""
     at = seconds_ahead(ticks, lead=3.0)  # the children need a moment to import and load plugins
@@ -223,6 +236,7 @@ def run_dkron_runners(
                         "at": at,
                         "first": i * share,
                         "workers": workers,
+                        "ahead": ahead,
                     }
                 ),
             ]
@@ -242,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=64, help="Runner max_concurrent (agent default 64)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument(
+        "--ahead",
+        type=float,
+        default=0.0,
+        help="dkron-runner: submit runs this many seconds before their second, as the leader does (0.5)",
+    )
+    p.add_argument(
         "--runner-processes", default="1,2", help="process counts for the dkron-runner variant (default 1,2)"
     )
     p.add_argument("--child-runner", help=argparse.SUPPRESS)  # internal: one process of dkron-runner xK
@@ -249,7 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_runner:
         spec = json.loads(args.child_runner)
         run_dkron_runner(
-            spec["config"], Path(spec["out"]), Path(spec["work"]), spec["n"], spec["at"], spec["workers"], spec["first"]
+            spec["config"],
+            Path(spec["out"]),
+            Path(spec["work"]),
+            spec["n"],
+            spec["at"],
+            spec["workers"],
+            spec["first"],
+            spec["ahead"],
         )
         return 0
     if not 1 <= args.jobs <= 20_000 or not 1 <= args.ticks <= 30:
@@ -279,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         def dkron_runner(out: Path, k: int) -> list[float]:
             _, _, cfg = C.make_stamp("auto", work, out)
             if k == 1:
-                return run_dkron_runner(cfg, out, work, args.jobs, seconds_ahead(args.ticks, 1.0), args.workers)
-            return run_dkron_runners(cfg, out, work, args.jobs, args.ticks, args.workers, k)
+                return run_dkron_runner(
+                    cfg, out, work, args.jobs, seconds_ahead(args.ticks, 1.0), args.workers, ahead=args.ahead
+                )
+            return run_dkron_runners(cfg, out, work, args.jobs, args.ticks, args.workers, k, args.ahead)
 
         for k in (int(x) for x in args.runner_processes.split(",") if x.strip()):
             variants.append((f"dkron-runner x{k}", lambda out, k=k: dkron_runner(out, k)))
