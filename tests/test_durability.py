@@ -296,7 +296,11 @@ def test_a_tick_is_never_launched_twice_across_kill_9_and_every_tick_is_accounte
     lost_ticks = {int(ex["run_id"].split("@")[1]) for ex in history if ex["status"] == "lost"}
     assert agent.get("/v1/jobs/tick").json()["missed_count"] == missed_total
 
-    assert len(lost_ticks) <= len(plan), f"more lost runs than kills: {sorted(lost_ticks)}; {context}"
+    # A kill can lose the result of the run going on, and also the next tick's run if it was
+    # already sent ahead and held (it never starts: its gate dies with the node), but no more.
+    ran_lost, held_lost = lost_ticks & set(ticks_ran), lost_ticks - set(ticks_ran)
+    assert len(ran_lost) <= len(plan), f"more lost runs that ran than kills: {sorted(ran_lost)}; {context}"
+    assert len(held_lost) <= len(plan), f"more lost runs that never ran than kills: {sorted(held_lost)}; {context}"
 
     expected = range(ticks_ran[0], ticks_ran[-1] + 1, 1000)
     unaccounted = [t for t in expected if t not in set(ticks_ran) | missed_ticks | lost_ticks]

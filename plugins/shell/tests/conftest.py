@@ -57,12 +57,9 @@ def run(
         token = cancel or CancelToken()
         if mode == "gated":
             prepared = executor.prepare(req, sink, token)
-            _run.gated.append(prepared is not None)  # type: ignore[attr-defined]
             if prepared is not None:
                 prepared.start()
                 return prepared.wait(), sink
         return executor.execute(req, sink, token), sink
 
-    _run.mode = mode  # type: ignore[attr-defined]
-    _run.gated = []  # type: ignore[attr-defined]
     return _run

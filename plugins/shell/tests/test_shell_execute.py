@@ -12,8 +12,10 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import RecordingSink
 
-from dkron.contracts import CancelToken
+from dkron.contracts import CancelToken, ExecutionRequest
+from dkron_executor_shell import ShellExecutor
 
 #: The ``run`` fixture from conftest.py: run(config, cancel=None, **request) -> (result, sink).
 RunFn = Callable[..., Any]
@@ -203,13 +205,15 @@ def test_cancel_lets_the_job_clean_up_then_escalates(run: RunFn) -> None:
     assert result.error == "shell: killed: shutdown"
 
 
-def test_already_cancelled_run_does_not_start(run: RunFn, tmp_path: Path) -> None:
-    if run.mode == "gated":
-        pytest.skip("the core discards a prepared run killed before its start (core/tests/test_watch_runs.py)")
+def test_already_cancelled_run_does_not_start(executor: ShellExecutor, tmp_path: Path) -> None:
+    # execute() only: a prepared run killed before its start is discarded by the core
+    # (core/tests/test_prepared_runs.py, core/tests/test_watch_runs.py).
     cancel = CancelToken()
     cancel.cancel("agent stopping")
     marker = tmp_path / "ran"
-    result, _ = run({"command": f"touch {marker}"}, cancel=cancel)
+    config = executor.validate({"command": f"touch {marker}"})
+    request = ExecutionRequest(job_name="job1", run_id="run-1", config=config)
+    result = executor.execute(request, RecordingSink(), cancel)
     assert result.error == "shell: killed: agent stopping"
     assert not marker.exists()
 
