@@ -4,6 +4,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import psutil
 import pytest
 
 from dkron.contracts import CancelToken, ExecutionRequest, ExecutionResult
@@ -29,6 +30,19 @@ class RecordingSink:
     @property
     def text(self) -> str:
         return self.data.decode()
+
+
+def gone(pid: int, within: float = 5.0) -> bool:
+    """True once ``pid`` no longer runs (a zombie waiting for a non-reaping init counts as gone)."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.fixture

@@ -10,28 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from conftest import RecordingSink
+from conftest import RecordingSink, gone
 
 from dkron.contracts import CancelToken, ExecutionRequest
 from dkron_executor_shell import ShellExecutor
 
 #: The ``run`` fixture from conftest.py: run(config, cancel=None, **request) -> (result, sink).
 RunFn = Callable[..., Any]
-
-
-def _gone(pid: int, within: float = 3.0) -> bool:
-    """True once ``pid`` no longer runs (a zombie waiting for a non-reaping init counts as gone)."""
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_output_is_streamed_while_the_process_runs(run: RunFn) -> None:
@@ -161,7 +147,7 @@ def test_timeout_kills_the_whole_process_group(run: RunFn) -> None:
     assert result.error == "shell: execution time exceeding timeout 500ms, job was killed"
     lines = sink.text.splitlines()
     assert lines[-1] == "shell: execution time exceeding timeout 500ms, job was killed"
-    assert _gone(int(lines[0])), "backgrounded grandchild survived the timeout"
+    assert gone(int(lines[0])), "backgrounded grandchild survived the timeout"
 
 
 def test_mem_limit_kills_the_job(run: RunFn) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import RecordingSink
+from conftest import RecordingSink, gone
 
 from dkron.contracts import CancelToken, ExecutionRequest
 from dkron_executor_shell import ShellExecutor
@@ -33,18 +33,6 @@ def _request(executor: ShellExecutor, config: dict[str, str], **fields: Any) -> 
 def _prepare(executor: ShellExecutor, config: dict[str, str]) -> tuple[Any, RecordingSink]:
     sink = RecordingSink()
     return executor.prepare(_request(executor, config), sink, CancelToken()), sink
-
-
-def _gone(pid: int, within: float = 5.0) -> bool:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _env_of(text: str) -> dict[str, str]:
@@ -102,7 +90,7 @@ def test_discard_kills_the_waiting_process(executor: ShellExecutor, tmp_path: Pa
     prepared, _ = _prepare(executor, {"command": f"touch {marker}"})
     pid = prepared.proc.pid
     prepared.discard()
-    assert _gone(pid)
+    assert gone(pid)
     time.sleep(0.2)
     assert not marker.exists()
 
@@ -126,7 +114,7 @@ def test_a_gate_whose_node_died_never_runs_the_command(tmp_path: Path) -> None:
     node = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert node.returncode == -signal.SIGKILL, node.stderr
     gate_pid = int(node.stdout)
-    assert _gone(gate_pid), "the gate outlived its node"
+    assert gone(gate_pid), "the gate outlived its node"
     time.sleep(0.2)
     assert not marker.exists(), "an orphaned gate ran its command"
 
