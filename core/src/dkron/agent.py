@@ -22,6 +22,7 @@ from dkron import __version__
 from dkron.cluster.agent_service import AgentServicer
 from dkron.cluster.cluster_service import ClusterServicer, LeaveServicer
 from dkron.cluster.dispatch import ClusterPlacement
+from dkron.cluster.membership import Node
 from dkron.cluster.node import Cluster
 from dkron.cluster.reaper import Reaper
 from dkron.cluster.security import identity_from_config
@@ -215,6 +216,7 @@ class Agent:
             record=self.recorder.add,
             is_leader=lambda: self.is_leader and self.raft is not None and self.raft.has_lease(),
             grace=FAILURE_TIMEOUT,
+            register=self._persist_member,
         )
         self.reaper.start()
         self._start_http()
@@ -239,23 +241,29 @@ class Agent:
         self.write("set_epoch", {"epoch": epoch}, timeout=10)
         self.scheduler.epoch = epoch
         self.cluster.membership.reset(self.reader.nodes(), keep=self.node_name)
-        self.cluster.membership.heartbeat(
+        me = self.cluster.membership.heartbeat(
             self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__
         )
         # A leader heartbeats to itself, so it never registers like the others: record it here.
-        self.persist_node(self.node_name, self.rpc_addr, self.config["tag"], is_server=True, version=__version__)
+        me.registered = self._persist_member(me)
 
-    def persist_node(self, name: str, rpc_addr: str, tags: dict[str, str], *, is_server: bool, version: str) -> None:
+    def persist_node(self, name: str, rpc_addr: str, tags: dict[str, str], *, is_server: bool, version: str) -> bool:
         """Replicate a node's registration (so a new leader knows every node at once). Only a
-        new or changed registration costs a Raft write; re-registering after a failover does not."""
+        new or changed registration costs a Raft write; re-registering after a failover does not.
+        Returns whether the registration is committed."""
         wanted = {"name": name, "rpc_addr": rpc_addr, "tags": tags, "is_server": is_server, "version": version}
         stored = next((n for n in self.reader.nodes() if n["name"] == name), None)
         if stored is not None and stored["status"] == "alive" and all(stored[k] == v for k, v in wanted.items()):
-            return
+            return True
         try:
             self.write("upsert_node", {**wanted, "now": format_time(datetime.now(UTC))}, timeout=5)
-        except Exception as exc:  # no quorum yet: the node retries on its next registration
+        except Exception as exc:  # no quorum yet: the leader's reaper writes it again
             log.warning("could not record the registration of %s: %s", name, exc)
+            return False
+        return True
+
+    def _persist_member(self, node: Node) -> bool:
+        return self.persist_node(node.name, node.rpc_addr, node.tags, is_server=node.is_server, version=node.version)
 
     def _start_http(self) -> None:
         from dkron.api.app import create_app

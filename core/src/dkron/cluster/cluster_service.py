@@ -81,16 +81,18 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         cluster = self.agent.cluster
         if request.is_server and request.raft_addr:
             cluster.learn_server(request.node_name, request.rpc_addr, request.raft_addr)
-        if self.agent.raft is not None:
-            self._persist(request)
+        persisted = self._persist(request) if self.agent.raft is not None else True
         if self.agent.is_leader:
-            cluster.membership.heartbeat(
+            node = cluster.membership.heartbeat(
                 request.node_name,
                 request.rpc_addr,
                 dict(request.tags),
                 is_server=request.is_server,
                 version=request.version,
             )
+            # Not committed (e.g. no quorum yet while the cluster forms): its heartbeats are
+            # accepted from now on, so it will not register again; the reaper retries the write.
+            node.registered = persisted
         return cluster_pb2.RegisterResponse(
             accepted=True,
             leader_addr=cluster.leader_rpc_addr() or "",
@@ -102,8 +104,8 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
             ],
         )
 
-    def _persist(self, request: cluster_pb2.RegisterRequest) -> None:
-        self.agent.persist_node(
+    def _persist(self, request: cluster_pb2.RegisterRequest) -> bool:
+        return self.agent.persist_node(
             request.node_name,
             request.rpc_addr,
             dict(request.tags),

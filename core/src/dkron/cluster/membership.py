@@ -43,6 +43,10 @@ class Node:
     #: since this server started tracking the node. A run missing from a list sent before the
     #: run started proves nothing, so the reaper only trusts lists reported after it.
     reported_wall: float = 0.0
+    #: Its registration is committed through Raft, so the followers' ``/v1/members`` and a next
+    #: leader know it. False while that write has not succeeded (e.g. it registered while the
+    #: servers had no quorum yet): the leader's reaper writes it again.
+    registered: bool = False
 
     def as_member(self, leader_name: str | None) -> dict[str, Any]:
         host, _, port = self.rpc_addr.rpartition(":")
@@ -140,6 +144,7 @@ class Membership:
                     n.get("version", ""),
                     "left" if n.get("status") == "left" else "alive",
                     now,
+                    registered=True,
                 )
                 for n in registered
             }
@@ -164,6 +169,11 @@ class Membership:
                     node.status = "failed"
                     failed.append(node)
         return failed
+
+    def unregistered(self) -> list[Node]:
+        """Alive nodes whose registration is not committed yet (see ``Node.registered``)."""
+        with self._lock:
+            return [node for node in self._nodes.values() if node.status == "alive" and not node.registered]
 
     def get(self, name: str) -> Node | None:
         with self._lock:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dkron.cluster.membership import Membership
+from dkron.cluster.membership import Membership, Node
 from dkron.jobs import format_time
 from dkron.logcontext import about
 from dkron.runner import Runner
@@ -45,6 +45,7 @@ class Reaper:
         is_leader: Callable[[], bool],
         grace: float,
         interval: float = 1.0,
+        register: Callable[[Node], bool] | None = None,
     ) -> None:
         self.node_name = node_name
         self.membership = membership
@@ -54,6 +55,8 @@ class Reaper:
         self.is_leader = is_leader
         self.grace = grace
         self.interval = interval
+        #: Commits a node's registration; True once done (``Node.registered``).
+        self.register = register
         self._stop = threading.Event()
         self._reported: set[tuple[str, str]] = set()
         self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
@@ -77,6 +80,9 @@ class Reaper:
     def reap(self) -> int:
         for node in self.membership.expire():
             log.warning("node %s stopped heartbeating: marked failed", node.name)
+        if self.register is not None:
+            for node in self.membership.unregistered():
+                node.registered = self.register(node)
         now = datetime.now(UTC)
         settled = format_time(now - timedelta(seconds=self.grace)) or ""
         reaped = 0
