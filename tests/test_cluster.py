@@ -693,8 +693,11 @@ def test_remove_peer_of_a_dead_server(cluster: LocalCluster, removed_peer: tuple
     leader, dead = removed_peer
     peers = wait_peers(leader, 2, timeout=10)
     assert dead.name not in {p["node"] for p in peers}, peers
-    assert [p["node"] for p in peers if p["state"] == "leader"] == [leader.name], peers
-    assert c.leader(timeout=10) is leader
+    # The two servers left form a quorum of two: on a loaded machine one of them may call an
+    # election after the removal (seen in CI). Either may lead; exactly one does, and both agree.
+    assert len([p for p in peers if p["state"] == "leader"]) == 1, peers
+    leader = c.leader(timeout=10)
+    assert leader.name in {p["node"] for p in peers} and leader is not dead
     follower = next(s for s in c.live_servers() if s is not leader)
     for via in (leader, follower):
         name = f"after-remove-{via.name}"
