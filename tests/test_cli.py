@@ -194,6 +194,11 @@ def test_agent_server_applies_flag_over_env_over_file_and_stops_cleanly_on_sigte
             proc.wait(10)
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     assert lines, "the agent logged nothing"
-    records = [json.loads(line) for line in lines]  # log-json from the file: every line is JSON
+    records = []  # log-json from the file: every line is JSON
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # name the line: CI once saw one that was not JSON
+            raise AssertionError(f"a log line is not JSON: {line!r}") from None
     assert any(r["message"] == "stopped" for r in records)
     assert "Traceback" not in log_path.read_text()
