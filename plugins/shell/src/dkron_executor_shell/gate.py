@@ -62,11 +62,16 @@ def _env_passes(env: Mapping[bytes, bytes]) -> bool:
     return all(_IDENTIFIER.match(name) and name not in _ALTERED for name in env)
 
 
-def _is_program(path: str) -> bool:
-    """An executable regular file that ``execve`` runs as such (ELF, or a ``#!`` script)."""
+def _executable_file(path: str) -> bool:
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode) or not os.access(path, os.X_OK):
-            return False
+        return stat.S_ISREG(os.stat(path).st_mode) and os.access(path, os.X_OK)
+    except OSError:
+        return False
+
+
+def _execve_runs(path: str) -> bool:
+    """Does ``execve`` run this file as such (ELF, or a ``#!`` script), not fail with ENOEXEC?"""
+    try:
         with open(path, "rb") as file:
             head = file.read(4)
     except OSError:
@@ -78,14 +83,15 @@ def _resolves(argv0: str, cfg: ShellConfig, env: Mapping[bytes, bytes]) -> bool:
     """Would ``argv0`` run as a program, found the way both ``Popen`` and dash find it?"""
     cwd = cfg.cwd or os.getcwd()
     if "/" in argv0:
-        return _is_program(os.path.join(cwd, argv0))
+        path = os.path.join(cwd, argv0)
+        return _executable_file(path) and _execve_runs(path)
     path = env.get(b"PATH")
     if path is None or b"%" in path:  # no PATH: the two defaults differ; '%': dash's extension
         return False
     for entry in os.fsdecode(path).split(os.pathsep):
         candidate = os.path.join(cwd, entry, argv0)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return _is_program(candidate)
+        if _executable_file(candidate):  # the first one both would run
+            return _execve_runs(candidate)
     return False
 
 
