@@ -19,7 +19,7 @@ Functions:
       seconds, or use your own ``cancel``) and an in-memory output sink, and returns
       ``(ExecutionResult, output)`` with the output decoded as UTF-8. An exception raised by
       ``execute`` propagates; an executor still running 5 s after its cancellation fails the test.
-  ``free_port()``    a free TCP port on 127.0.0.1.
+  ``free_port()``    a free TCP port on 127.0.0.1, below the ephemeral range (see its docstring).
 
 Packaging checks (what a user's ``pip install`` gets), for tests that build and install wheels:
   ``find_uv()``, ``build_wheel(project_dir, out_dir)`` (``uv build --wheel`` of that project
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -77,10 +78,55 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
+#: Where ``free_port`` looks, below the kernel's ephemeral range (read at first use).
+_LOWEST_PORT = 10000
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+_port_random = random.SystemRandom()  # immune to tests that seed ``random``
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port in TIME_WAIT counts as taken
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing holds now, not handed out before by this process.
+
+    Why not bind port 0: the kernel answers with a port from its ephemeral range, the range it
+    also draws source ports from for outgoing connections. Between this call and the moment the
+    caller's process binds the port (or binds it again, after a restart), any connection made on
+    this machine may take it; CI saw a restarted server fail to bind its Raft port that way. A
+    port below the ephemeral range is never taken by an outgoing connection. Falls back to port
+    0 where the ephemeral range starts too low to leave room.
+    """
+    high = _ephemeral_low()
+    with _handed_out_lock:
+        if high - _LOWEST_PORT >= 1000:
+            for _ in range(200):
+                port = _port_random.randrange(_LOWEST_PORT, high)
+                if port not in _handed_out and _bindable(port):
+                    _handed_out.add(port)
+                    return port
+        for _ in range(50):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no free TCP port on 127.0.0.1")
 
 
 def spawn_node(directory: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
