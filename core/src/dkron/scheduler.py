@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_MISSED_COUNTED = 10_000  # bound the catch-up walk for very frequent schedules
 MAX_CATCHUP_RUNS = 100  # catchup "all" runs at most this many missed ticks
 LAUNCH_RETENTION_MS = 24 * 3600 * 1000
+#: Launches per ``launch`` command (see ``Scheduler._commit``).
+LAUNCH_BATCH = 1000
 #: How early a run due at a whole second is sent to its node (which holds it until then).
 DISPATCH_AHEAD = 0.5
 
@@ -396,6 +398,14 @@ class Scheduler(FollowupPlanning):
         }
 
     def _commit(self, launches: list[dict[str, Any]], now: int) -> None:
+        """Commit launch intents in commands of at most ``LAUNCH_BATCH`` and queue the accepted.
+
+        Bounded because every server applies a command in one go on its Raft thread, sending no
+        heartbeat meanwhile (5,000 launches took 0.1 s even on an idle host)."""
+        for start in range(0, len(launches), LAUNCH_BATCH):
+            self._commit_batch(launches[start : start + LAUNCH_BATCH], now)
+
+    def _commit_batch(self, launches: list[dict[str, Any]], now: int) -> None:
         """Commit launch intents (retrying with the same proposal id) and queue the accepted."""
         schedule_state: dict[str, dict[str, Any]] = {}
         for launch in launches:
