@@ -477,6 +477,57 @@ def test_agent_killed_mid_run_is_lost_and_forbid_not_blocked(healthy: LocalClust
         c.delete_job(job)
 
 
+def test_a_run_held_by_an_agent_killed_before_its_second_runs_after_the_restart(
+    healthy: LocalCluster, tmp_path: Path
+) -> None:
+    """Runs due at a whole second reach their node half a second early and wait there. If the
+    node dies meanwhile the run never starts; after the restart its run ledger says so, and
+    the leader starts it then instead of recording it lost."""
+    c = healthy
+    job = "held-crash"
+    out = tmp_path / "ran"
+    c.create_job(
+        {
+            "name": job,
+            "schedule": "@every 4s",
+            "tags": {"zone": "b"},
+            "executor_config": {"command": f"echo $DKRON_RUN_ID >> {out}"},
+        }
+    )
+    a2 = c.node("a2")
+    try:
+        first = wait_for(lambda: [e for e in c.executions(job) if e["status"] == "success"], 15, "a first run")[0]
+        held_id = None
+        for _ in range(3):  # a loaded machine may dispatch a tick too late to catch it held
+            tick = ts(first["scheduled_at"])
+            while tick < time.time() + 1.0:
+                tick += 4
+            time.sleep(max(0.0, tick - 0.45 - time.time()))
+            run_id = f"{job}@{round(tick * 1000)}"
+            while time.time() < tick - 0.1:
+                if any(e["run_id"] == run_id and e["status"] == "running" for e in c.executions(job)):
+                    held_id = run_id
+                    break
+                time.sleep(0.02)
+            if held_id:
+                break
+        assert held_id, "no run was ever seen held on its node before its second"
+        a2.kill9()
+        time.sleep(max(0.0, tick + 0.5 - time.time()))
+        assert held_id not in (out.read_text().split() if out.exists() else []), "the held run started unwatched"
+        a2.start()
+
+        def settled() -> dict[str, Any] | None:
+            runs = [e for e in c.executions(job) if e["run_id"] == held_id]
+            return runs[0] if runs and runs[0]["status"] != "running" else None
+
+        record = wait_for(settled, 30, f"the held run {held_id} to end")
+        assert record["status"] == "success", record
+        assert out.read_text().split().count(held_id) == 1
+    finally:
+        c.delete_job(job)
+
+
 # -- 5. kill -9 the leader ------------------------------------------------------------------------
 
 

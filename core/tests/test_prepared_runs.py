@@ -178,3 +178,32 @@ def test_a_plugin_that_declines_or_fails_to_prepare_still_runs_at_its_time() -> 
             assert began >= start_at - 0.01, "a run began before its time"
     finally:
         runner.shutdown(2)
+
+
+def test_a_run_held_when_its_node_dies_is_accepted_again_after_the_restart(tmp_path: Path) -> None:
+    from dkron.ledger import RunLedger
+
+    path = str(tmp_path / "started-runs.log")
+    records = Records()
+    shell = ShellExecutor()
+    executors = ExecutorRegistry()
+    executors.add("x", shell)
+    config = shell.validate({"command": "true"})
+    runner = Runner("n1", executors, ProcessorRegistry(), records, ledger=RunLedger(path))
+    try:
+        now = time.time()
+        assert runner.submit_many([(_spec(0, config, now + 0.3), None), (_spec(1, config, now + 30), None)]) == [
+            "started",
+            "started",
+        ]
+        assert records.finals(1)["e-0"]["success"]
+        assert runner.submit(_spec(1, config, now + 30)) == "duplicate"  # still waiting here
+        # The node is killed now (nothing else is written); its next life reads the ledger.
+        after_restart = Runner("n1", executors, ProcessorRegistry(), Records(), ledger=RunLedger(path))
+        try:
+            assert after_restart.submit(_spec(0, config, 0)) == "duplicate", "a run that started ran twice"
+            assert after_restart.submit(_spec(1, config, 0)) == "started", "a run that never started was refused"
+        finally:
+            after_restart.shutdown(5)
+    finally:
+        runner.shutdown(5)

@@ -217,6 +217,7 @@ class Agent:
             is_leader=lambda: self.is_leader and self.raft is not None and self.raft.has_lease(),
             grace=FAILURE_TIMEOUT,
             register=self._persist_member,
+            retry=self.scheduler.retry_unstarted,
         )
         self.reaper.start()
         self._start_http()

@@ -38,6 +38,10 @@ from dkron.redact import output_masks
 log = logging.getLogger(__name__)
 
 
+def _ledger_key(spec: RunSpec) -> str:
+    return f"{spec.run_id}#{spec.attempt}"
+
+
 @dataclass
 class RunSpec:
     """One execution to start here, as decided (and committed) by the leader."""
@@ -196,7 +200,12 @@ class Runner:
         with self._lock:
             if not self._accepting:
                 return ["stopping"] * len(runs)
-            fresh = self.ledger.claim_many([f"{spec.run_id}#{spec.attempt}" for spec, _ in runs])
+            # A held run is only reserved: it is written to the ledger when it starts (_launch),
+            # so a crash while it waits does not make it look started after the restart.
+            fresh = self.ledger.reserve_many([_ledger_key(spec) for spec, _ in runs])
+            self.ledger.commit(
+                [_ledger_key(spec) for (spec, _), new in zip(runs, fresh, strict=True) if new and spec.start_at <= now]
+            )
             outcomes, accepted = [], []
             for (spec, report), new in zip(runs, fresh, strict=True):
                 if not new:
@@ -333,6 +342,7 @@ class Runner:
         """
         live = [running for running in runs if not running.cancel.cancelled]
         dead = [running for running in runs if running.cancel.cancelled]
+        self.ledger.commit([_ledger_key(running.spec) for running in live])  # before any of them starts
         started_at = _now()
         with self._lock:
             idle = self._workers - self._busy

@@ -307,7 +307,48 @@ class Scheduler(FollowupPlanning):
     def _reconcile_running(self) -> None:
         for ex in self.reader.running_executions():
             if ex["node_name"] == self.node_name and not self.runner.is_running(ex["job_name"], ex["id"]):
+                if self.retry_unstarted(ex):
+                    continue
                 self.record(self._lost(ex, "the agent stopped while this ran; outcome unknown"))
+
+    def retry_unstarted(self, ex: dict[str, Any]) -> bool:
+        """Send a tick's run again to the node that restarted without it; True if it took it.
+
+        A run is reported running as soon as its node accepts it, up to half a second before
+        its time. If the node dies meanwhile, the run never starts, and the node no longer
+        knows it. Its run ledger tells the two cases apart: it refuses a run that did start
+        there (the caller then records it lost: its outcome is unknown) and takes one that
+        never did, which starts now. Only ticks within the catch-up window, as for any launch
+        a new leader adopts. The node takes it under the same execution id, so its records
+        replace the one left running.
+        """
+        if ex.get("kind") not in ("scheduled", "catchup") or not ex.get("scheduled_at") or not ex.get("run_id"):
+            return False
+        scheduled_ms = round(datetime.fromisoformat(ex["scheduled_at"].replace("Z", "+00:00")).timestamp() * 1000)
+        if self._now_ms() - scheduled_ms > self.catchup_window_ms:
+            return False
+        job = self.reader.get_job(ex["job_name"])
+        if job is None or job.get("disabled") or self.paused:
+            return False
+        spec = RunSpec(
+            job=job,
+            run_id=ex["run_id"],
+            execution_id=ex["id"],
+            node_name=ex["node_name"],
+            kind=ex["kind"],
+            scheduled_ms=scheduled_ms,
+            attempt=ex.get("attempt") or 1,
+            group=ex.get("group") or scheduled_ms * 1_000_000,
+        )
+        if self.placement.submit(spec) != "started":
+            return False
+        log.info(
+            "run %s was never started by %s (it restarted): started it again",
+            ex["run_id"],
+            ex["node_name"],
+            extra=about(ex["job_name"], ex["run_id"]),
+        )
+        return True
 
     def _reconcile_launches(self, now: int) -> set[tuple[str, int]]:
         """Adopt committed launches that never started; returns their (job, tick) keys."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +47,7 @@ class Reaper:
         grace: float,
         interval: float = 1.0,
         register: Callable[[Node], bool] | None = None,
+        retry: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.node_name = node_name
         self.membership = membership
@@ -57,8 +59,13 @@ class Reaper:
         self.interval = interval
         #: Commits a node's registration; True once done (``Node.registered``).
         self.register = register
+        #: Sends a run again to its node, which refuses it if it ever started there
+        #: (``Scheduler.retry_unstarted``); True if sent.
+        self.retry = retry
         self._stop = threading.Event()
         self._reported: set[tuple[str, str]] = set()
+        #: Runs sent again, and when: one try each; if still unreported after the grace, lost.
+        self._retried: dict[tuple[str, str], float] = {}
         self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
 
     def start(self) -> None:
@@ -71,6 +78,7 @@ class Reaper:
         while not self._stop.wait(self.interval):
             if not self.is_leader():
                 self._reported.clear()
+                self._retried.clear()
                 continue
             try:
                 self.reap()
@@ -91,7 +99,7 @@ class Reaper:
             if key in self._reported:
                 continue
             reason = self._lost_reason(ex, settled)
-            if reason is None:
+            if reason is None or self._retrying(ex, key):
                 continue
             self._reported.add(key)
             reaped += 1
@@ -113,6 +121,22 @@ class Reaper:
                 }
             )
         return reaped
+
+    def _retrying(self, ex: dict[str, Any], key: tuple[str, str]) -> bool:
+        """A run whose node is alive but restarted without it may never have started: send it
+        there once more before calling it lost (its node's ledger refuses it if it started)."""
+        now = time.monotonic()
+        tried = self._retried.get(key)
+        if tried is not None:
+            return now - tried < self.grace + REPORT_MARGIN  # the answer is the node's next report
+        node = self.membership.get(ex["node_name"])
+        alive = ex["node_name"] == self.node_name or (node is not None and node.status == "alive")
+        if self.retry is None or not alive:
+            return False
+        if len(self._retried) > 10_000:
+            self._retried = {k: t for k, t in self._retried.items() if now - t < 600}
+        self._retried[key] = now
+        return self.retry(ex)
 
     def _lost_reason(self, ex: dict[str, Any], settled: str) -> str | None:
         if (ex.get("started_at") or "") > settled:
