@@ -30,7 +30,8 @@ NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
 def seeded() -> tuple[random.Random, str]:
-    seed = int.from_bytes(os.urandom(4), "big")
+    # DKRON_TEST_SEED replays the plan of a failed run (its message names the seed).
+    seed = int(os.environ.get("DKRON_TEST_SEED") or int.from_bytes(os.urandom(4), "big"))
     return random.Random(seed), f"seed={seed}"
 
 
@@ -258,7 +259,10 @@ def test_a_tick_is_never_launched_twice_across_kill_9_and_every_tick_is_accounte
         # a restarted leader could launch the same tick again.
         at_start = round_ != 0
         up = rng.uniform(0.4, 1.4)
-        down = 2.6 if round_ == long_gap_round else rng.uniform(0.0, 0.6)
+        # The long outage must outlast what is already decided before the kill (launches are
+        # committed up to 1.5 s ahead; a held run and a committed launch both run after the
+        # restart) and still leave ticks that only the catch-up policy decides on.
+        down = 4.0 if round_ == long_gap_round else rng.uniform(0.0, 0.6)
         plan.append(("at-run-start" if at_start else round(up, 2), round(down, 2)))
         if at_start:
             seen = len(run_ids(out))
@@ -296,16 +300,23 @@ def test_a_tick_is_never_launched_twice_across_kill_9_and_every_tick_is_accounte
     lost_ticks = {int(ex["run_id"].split("@")[1]) for ex in history if ex["status"] == "lost"}
     assert agent.get("/v1/jobs/tick").json()["missed_count"] == missed_total
 
-    # A kill can lose the result of the run going on, but no more. The next tick's run, if it
-    # was already sent ahead and held, never started (its gate died with the node): the
-    # restarted node's ledger does not list it, so it is started again, not reported lost.
-    ran_lost, held_lost = lost_ticks & set(ticks_ran), lost_ticks - set(ticks_ran)
-    assert len(ran_lost) <= len(plan), f"more lost runs that ran than kills: {sorted(ran_lost)}; {context}"
-    assert not held_lost, f"runs that never started were reported lost: {sorted(held_lost)}; {context}"
+    # A kill loses the runs in flight: their results if they ran, or the runs themselves if
+    # the kill fell between a start (written to the ledger) and the run's write. Usually one;
+    # right after a restart up to three start together (a held tick sent again, a committed
+    # launch adopted, the catch-up tick), and the at-run-start kills land just then. A run
+    # that was only held when its node died is not lost: the restarted node's ledger does not
+    # list it, and it runs then (test_cluster checks that case alone).
+    why = [(ex["run_id"], ex["error"]) for ex in history if ex["status"] == "lost"]
+    assert len(lost_ticks) <= 3 * len(plan), f"more lost runs than could be in flight: {why}; {context}"
 
     expected = range(ticks_ran[0], ticks_ran[-1] + 1, 1000)
     unaccounted = [t for t in expected if t not in set(ticks_ran) | missed_ticks | lost_ticks]
-    assert not unaccounted, f"ticks neither run nor reported missed or lost: {unaccounted}; {context}"
+    records = [
+        (ex["run_id"], ex["status"], ex.get("error"), ex.get("started_at"))
+        for ex in history
+        if int(ex["run_id"].split("@")[1]) in unaccounted
+    ]
+    assert not unaccounted, f"ticks neither run nor reported missed or lost: {unaccounted} {records}; {context}"
 
 
 def _processes_running(marker: str) -> list[psutil.Process]:

@@ -339,6 +339,8 @@ class Scheduler(FollowupPlanning):
             scheduled_ms=scheduled_ms,
             attempt=ex.get("attempt") or 1,
             group=ex.get("group") or scheduled_ms * 1_000_000,
+            # Back before its second (a quick restart): it waits for it again, never starts early.
+            start_at=scheduled_ms / 1000 if scheduled_ms > self._now_ms() else 0.0,
         )
         if self.placement.submit(spec) != "started":
             return False
