@@ -185,10 +185,21 @@ class ClusterPlacement:
             except grpc.RpcError as exc:
                 self._not_started(batch, f"could not start on node {link.name}: {_code(exc)}")
                 return
-        for spec, start in zip(batch, response.starts, strict=False):
-            self._started(spec, start, retried)
+        refused = [
+            spec for spec, start in zip(batch, response.starts, strict=False) if self._started(spec, start, retried)
+        ]
+        if refused:
+            # One line per batch: a new leader re-dispatching a herd gets thousands of these.
+            log.info(
+                "node %s refused %d run(s) it had already started, e.g. %s",
+                link.name,
+                len(refused),
+                ", ".join(spec.run_id for spec in refused[:3]),
+                extra=about(refused[0].job["name"], refused[0].run_id),
+            )
 
-    def _started(self, spec: RunSpec, start: agent_pb2.RunStart, retried: bool) -> None:
+    def _started(self, spec: RunSpec, start: agent_pb2.RunStart, retried: bool) -> bool:
+        """Take one run's answer; True if the node refused it as one it had already started."""
         key = (spec.job["name"], spec.execution_id)
         if start.outcome == agent_pb2.RunStart.STARTED or (retried and start.outcome == agent_pb2.RunStart.DUPLICATE):
             # A duplicate on the second call is a run the first call started: its result comes.
@@ -200,18 +211,13 @@ class ClusterPlacement:
                 live["started_at"] = started
             if started:
                 self.record({**self._base(spec, spec.node_name), "status": "running", "started_at": started})
-            return
+            return False
         with self._lock:
             self._remote.pop(key, None)
         if start.outcome == agent_pb2.RunStart.DUPLICATE:
-            log.info(
-                "node %s refused run %s: it already started it",
-                spec.node_name,
-                spec.run_id,
-                extra=about(spec.job["name"], spec.run_id),
-            )
-        else:
-            self._not_started([spec], f"could not start on node {spec.node_name}: the node is stopping")
+            return True
+        self._not_started([spec], f"could not start on node {spec.node_name}: the node is stopping")
+        return False
 
     def _not_started(self, specs: list[RunSpec], reason: str) -> None:
         """Record runs that surely did not start (say so now, not after a heartbeat timeout)."""
