@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from dkron.localcluster import wait_for
 from dkron.store.raft import RaftConfig, RaftNode
 from dkron.store.state import StateMachine
 from dkron.testing import free_port
@@ -28,16 +29,6 @@ ENTRIES = 10  # 0.8 s of applying in one pass: twice the longest election timeou
 def _slow(command: str, payload: dict[str, Any], result: Any) -> None:
     if payload.get("slow"):
         time.sleep(SLOW_APPLY)
-
-
-def _wait(predicate, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -64,17 +55,17 @@ def _leader(nodes: list[RaftNode]) -> RaftNode | None:
 
 
 def test_a_leader_applying_a_long_backlog_is_not_deposed(servers: list[RaftNode]) -> None:
-    leader = _wait(lambda: _leader(servers), 10, "a leader")
+    leader = wait_for(lambda: _leader(servers), 10, "a leader")
     leader.write("noop", {})  # settled: every server has applied something
-    _wait(lambda: all(node.raftLastApplied >= leader.raftLastApplied for node in servers), 5, "replication")
+    wait_for(lambda: all(node.raftLastApplied >= leader.raftLastApplied for node in servers), 5, "replication")
     term = leader.getStatus()["raft_term"]
 
     done: list[Any] = []
     for i in range(ENTRIES):  # submitted together: they commit together and apply in one pass
         leader.apply("noop", {"slow": True, "i": i}, callback=lambda result, error: done.append(error))
     target = leader.raftLastApplied + ENTRIES
-    _wait(lambda: len(done) == ENTRIES, 20, "the slow entries to apply on the leader")
-    _wait(lambda: all(node.raftLastApplied >= target for node in servers), 20, "the followers to apply them")
+    wait_for(lambda: len(done) == ENTRIES, 20, "the slow entries to apply on the leader")
+    wait_for(lambda: all(node.raftLastApplied >= target for node in servers), 20, "the followers to apply them")
 
     assert leader.is_leader, "the leader lost its office while applying"
     terms = {node.getStatus()["raft_term"] for node in servers}

@@ -203,9 +203,6 @@ class Runner:
             # A held run is only reserved: it is written to the ledger when it starts (_launch),
             # so a crash while it waits does not make it look started after the restart.
             fresh = self.ledger.reserve_many([_ledger_key(spec) for spec, _ in runs])
-            self.ledger.commit(
-                [_ledger_key(spec) for (spec, _), new in zip(runs, fresh, strict=True) if new and spec.start_at <= now]
-            )
             outcomes, accepted = [], []
             for (spec, report), new in zip(runs, fresh, strict=True):
                 if not new:
@@ -219,6 +216,7 @@ class Runner:
                 self._running[(spec.job["name"], spec.execution_id)] = running
                 accepted.append(running)
                 outcomes.append("started")
+            self.ledger.commit([_ledger_key(running.spec) for running in accepted if not running.start_at])
         held = []
         for running in accepted:
             running.report(self._event(running, "running"))  # before it can start, let alone end

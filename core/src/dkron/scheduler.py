@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dkron.followup_planning import FOLLOWUP_KINDS, FollowupPlanning
-from dkron.jobs import format_time
+from dkron.jobs import format_time, parse_time
 from dkron.logcontext import about
 from dkron.runner import Runner, RunSpec
 from dkron.schedule import ScheduleError
@@ -324,8 +324,9 @@ class Scheduler(FollowupPlanning):
         """
         if ex.get("kind") not in ("scheduled", "catchup") or not ex.get("scheduled_at") or not ex.get("run_id"):
             return False
-        scheduled_ms = round(datetime.fromisoformat(ex["scheduled_at"].replace("Z", "+00:00")).timestamp() * 1000)
-        if self._now_ms() - scheduled_ms > self.catchup_window_ms:
+        scheduled_ms = round(parse_time(ex["scheduled_at"]).timestamp() * 1000)
+        now = self._now_ms()
+        if now - scheduled_ms > self.catchup_window_ms:
             return False
         job = self.reader.get_job(ex["job_name"])
         if job is None or job.get("disabled") or self.paused:
@@ -340,7 +341,7 @@ class Scheduler(FollowupPlanning):
             attempt=ex.get("attempt") or 1,
             group=ex.get("group") or scheduled_ms * 1_000_000,
             # Back before its second (a quick restart): it waits for it again, never starts early.
-            start_at=scheduled_ms / 1000 if scheduled_ms > self._now_ms() else 0.0,
+            start_at=scheduled_ms / 1000 if scheduled_ms > now else 0.0,
         )
         if self.placement.submit(spec) != "started":
             return False

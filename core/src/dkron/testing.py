@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 
-#: Where ``free_port`` looks, below the kernel's ephemeral range (read at first use).
+#: Where ``free_port`` starts looking; it stops below the kernel's ephemeral range (read per call).
 _LOWEST_PORT = 10000
 _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
