@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,50 @@ def test_runs_of_overlapping_jobs_are_sent_ahead_and_forbid_jobs_at_their_second
         for at, spec in by_job[name]:
             assert spec.start_at == 0
             assert at >= spec.scheduled_ms / 1000 - 0.005, f"{name} was dispatched before its second"
+
+
+def test_a_run_sent_again_after_its_nodes_restart_keeps_its_second_and_only_within_the_window(tmp_path: Path) -> None:
+    """``Scheduler.retry_unstarted``: a tick whose second has not come waits for it again (a
+    quick restart must not start it early); a past tick starts at once; a tick older than the
+    catch-up window, or a run that is not a tick, is not sent again."""
+    state = StateMachine(str(tmp_path / "state.db"))
+    reader = Reader(str(tmp_path / "state.db"))
+    index = itertools.count(1)
+
+    def write(command: str, payload: dict[str, Any], **_: Any) -> Any:
+        return state.apply(next(index), command, payload)
+
+    job = {"name": "j", "schedule": "@every 1s", "executor": "shell", "parent_job": "", "concurrency": "allow"}
+    write("put_job", {"job": {"displayname": "", "disabled": False, "metadata": {}, **job}, "now": NOW})
+    placement = Recorded()
+    runner = Runner("n1", ExecutorRegistry(), ProcessorRegistry(), record=lambda ex: None)
+    scheduler = Scheduler(
+        reader, write, runner, lambda ex: None, node_name="n1", placement=placement, catchup_window=60
+    )
+
+    def left_running(seconds_from_now: float, kind: str = "scheduled") -> dict[str, Any]:
+        tick = (int(time.time()) + round(seconds_from_now)) * 1000
+        at = datetime.fromtimestamp(tick / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        return {
+            "id": f"{tick}000000-n1",
+            "job_name": "j",
+            "run_id": f"j@{tick}",
+            "node_name": "n1",
+            "kind": kind,
+            "scheduled_at": at,
+            "attempt": 1,
+            "group": tick * 1_000_000,
+        }
+
+    try:
+        ahead, past = left_running(2), left_running(-5)
+        assert scheduler.retry_unstarted(ahead) and scheduler.retry_unstarted(past)
+        assert not scheduler.retry_unstarted(left_running(-120)), "older than the catch-up window"
+        assert not scheduler.retry_unstarted(left_running(-5, kind="manual")), "not a tick"
+    finally:
+        runner.shutdown(0)
+    sent = {spec.run_id: spec for _, spec in placement.submitted}
+    assert set(sent) == {ahead["run_id"], past["run_id"]}
+    assert sent[ahead["run_id"]].start_at == int(ahead["run_id"].split("@")[1]) / 1000, "would start early"
+    assert sent[past["run_id"]].start_at == 0
+    assert sent[past["run_id"]].execution_id == past["id"], "its records must replace the one left running"
