@@ -179,6 +179,7 @@ class Agent:
         self.state.listeners.append(self.notifier.on_applied)
         self.metrics = Metrics(self, is_leader=lambda: self.is_leader)
         self.state.listeners.append(self.metrics.on_applied)
+        self.metrics.start()
         self.notifier.start()
         # Before Raft starts: a paused cluster must not run catch-ups when it comes back.
         self.scheduler.paused = bool(self.reader.meta("scheduling_paused", False))
@@ -405,6 +406,7 @@ class Agent:
             # The whole cluster may be stopping at once: give up as soon as the leader is gone.
             self.recorder.stop(timeout=10 if quorum else 2, abandon=lambda: raft is None or raft.leader_addr() is None)
             self.notifier.stop()
+            self.metrics.stop()
             self.scheduler.stop()
             self.placement.shutdown()
             if self.reaper is not None:

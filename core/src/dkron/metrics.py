@@ -2,7 +2,10 @@
 
 Run metrics are counted from execution records as the state machine applies them, **on the
 leader only**: every record is applied on every server, so counting everywhere would count each
-run once per server. When leadership moves, counting continues on the new leader; sum over the
+run once per server. The apply listener only queues the records; a ``metrics-counter`` thread (and
+each scrape, so it reads current counts) does the counting. Creating a new job's histogram series
+costs ~40 µs, and a 5,000-job herd did that on the Raft thread inside one apply, delaying the
+leader's heartbeats. When leadership moves, counting continues on the new leader; sum over the
 servers (``sum by (job) (rate(dkron_job_runs_succeeded_total[5m]))``) for cluster totals.
 Lateness (scheduled time to start) uses the ``started_at`` stamped by the node that ran the job,
 so it is measured where the run starts.
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import OrderedDict
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -171,6 +175,13 @@ class Metrics:
         )
         self.registry.register(_StateCollector(agent))
         self._seen = _Seen()
+        # (command, payload) in apply order; popped only under _lock, so a job's deletion is
+        # never counted before the records applied ahead of it.
+        self._pending: deque[tuple[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
         self._per_job = (
             self.started,
             self.succeeded,
@@ -181,19 +192,54 @@ class Metrics:
             self.duration,
         )
 
+    def start(self) -> None:
+        """Count queued records in the background (without it they are counted at each scrape)."""
+        self._thread = threading.Thread(target=self._count_forever, name="metrics-counter", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
     def render(self) -> bytes:
+        self.drain()
         return generate_latest(self.registry)
 
-    # -- the apply listener (Raft tick thread): arithmetic only -------------------------------
+    # -- the apply listener (Raft tick thread): queue only ------------------------------------
     def on_applied(self, command: str, payload: dict[str, Any], result: Any) -> None:
         try:
             if command == "delete_job":
-                self._forget(payload["name"])
-            elif command == "record" and self.is_leader():
-                for ex in payload.get("executions", ()):
-                    self._count(ex)
+                self._pending.append((command, payload["name"]))
+            elif command == "record" and self.is_leader():  # leadership at apply time decides
+                self._pending.append((command, payload.get("executions", ())))
+            else:
+                return
         except Exception:  # metrics must never disturb applying
             log.debug("metrics listener error", exc_info=True)
+            return
+        self._wake.set()
+
+    def drain(self) -> None:
+        """Count every queued record now."""
+        with self._lock:
+            while self._pending:
+                command, item = self._pending.popleft()
+                try:
+                    if command == "delete_job":
+                        self._forget(item)
+                    else:
+                        for ex in item:
+                            self._count(ex)
+                except Exception:  # one malformed record must not stop the counting
+                    log.debug("metrics counting error", exc_info=True)
+
+    def _count_forever(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            self.drain()
 
     def _count(self, ex: dict[str, Any]) -> None:
         job, status, ex_id = ex["job_name"], ex.get("status", ""), str(ex.get("id", ""))
