@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from raft_servers import raft_servers, settled_leader, terms
 
 from dkron.localcluster import wait_for
-from dkron.store.raft import RaftConfig, RaftNode
-from dkron.store.state import StateMachine
-from dkron.testing import free_port
+from dkron.store.raft import RaftNode
 
 SLOW_APPLY = 0.08
 ENTRIES = 10  # 0.8 s of applying in one pass: twice the longest election timeout
@@ -33,31 +32,12 @@ def _slow(command: str, payload: dict[str, Any], result: Any) -> None:
 
 @pytest.fixture
 def servers(tmp_path: Path):
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    nodes = []
-    try:
-        for i, addr in enumerate(addrs):
-            data_dir = tmp_path / f"s{i}"
-            data_dir.mkdir()
-            state = StateMachine(str(data_dir / "state.db"))
-            state.listeners.append(_slow)
-            partners = tuple(a for a in addrs if a != addr)
-            nodes.append(RaftNode(RaftConfig(data_dir=str(data_dir), self_addr=addr, partners=partners), state))
+    with raft_servers(tmp_path, listener=_slow) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.destroy()
-
-
-def _leader(nodes: list[RaftNode]) -> RaftNode | None:
-    leaders = [node for node in nodes if node.is_leader]
-    return leaders[0] if len(leaders) == 1 else None
 
 
 def test_a_leader_applying_a_long_backlog_is_not_deposed(servers: list[RaftNode]) -> None:
-    leader = wait_for(lambda: _leader(servers), 10, "a leader")
-    leader.write("noop", {})  # settled: every server has applied something
-    wait_for(lambda: all(node.raftLastApplied >= leader.raftLastApplied for node in servers), 5, "replication")
+    leader = settled_leader(servers)
     term = leader.getStatus()["raft_term"]
 
     done: list[Any] = []
@@ -68,5 +48,5 @@ def test_a_leader_applying_a_long_backlog_is_not_deposed(servers: list[RaftNode]
     wait_for(lambda: all(node.raftLastApplied >= target for node in servers), 20, "the followers to apply them")
 
     assert leader.is_leader, "the leader lost its office while applying"
-    terms = {node.getStatus()["raft_term"] for node in servers}
-    assert terms == {term}, f"an election was held while the leader was applying (terms {terms}, was {term})"
+    held = terms(servers)
+    assert held == {term}, f"an election was held while the leader was applying (terms {held}, was {term})"

@@ -14,6 +14,8 @@ What this module fixes (see shared/reference/pysyncobj.md for the measurements):
 * **Single-node latency**: a lone leader waits a full tick (50 ms) to commit; we wake the loop.
 * **Writes** always carry a deadline; "unknown outcome" is surfaced as such (commands are
   idempotent, so the caller may retry).
+* **Elections**: a server calls one only after a pre-vote (:mod:`dkron.store.prevote`), so one
+  that merely lost touch with a live leader cannot depose it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 
+from dkron.store.prevote import PreVoteMixin
 from dkron.store.snapshot import install_database, installed_for
 from dkron.store.state import StateMachine
 
@@ -172,7 +175,7 @@ def check_log_covers_state(journal_path: str, marker_path: str, applied: int, in
         )
 
 
-class RaftNode(SyncObj):
+class RaftNode(PreVoteMixin, SyncObj):
     """One server's Raft member; its replicated state is the SQLite :class:`StateMachine`."""
 
     def __init__(
@@ -223,6 +226,9 @@ class RaftNode(SyncObj):
         )
         #: A lease shorter than the earliest moment another server may call an election.
         self._lease = config.raft_min_timeout * 0.9
+        # Followers refuse pre-votes while they heard the leader within this lease: the leader's
+        # lease (has_lease) relies on no election being held within it.
+        self._prevote_init(quiet=self._lease)
         self._last_tick = 0.0
         #: After a gap in ticks, only responses processed after this moment count for the lease.
         self._fresh_after = 0.0
@@ -231,9 +237,9 @@ class RaftNode(SyncObj):
         restarted = state.applied_index() > 0
         super().__init__(config.self_addr, list(config.partners), conf)
         if restarted:
-            # pysyncobj has no PreVote: a server back from a restart that calls an election before
-            # the leader has re-dialled it (up to connectionRetryTime) raises every member's term
-            # and deposes a healthy leader. It first gives the leader that long to show up; a
+            # A server back from a restart gives the leader time to re-dial it (up to
+            # connectionRetryTime) before it asks for a vote. PreVote already keeps it from
+            # deposing a live leader; this spares the cluster its pre-vote rounds meanwhile. A
             # leader's message resets this deadline, and it still votes for others meanwhile.
             self._SyncObj__raftElectionDeadline = (  # type: ignore[attr-defined]
                 monotonic_time() + conf.connectionRetryTime + config.raft_max_timeout
