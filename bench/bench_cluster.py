@@ -36,6 +36,12 @@ The last line of the output is one JSON object, as in the other benchmarks.
 
 Measured on this 2-core VM (each node one CPython process; every run prints load1 in its header).
 
+**Since PreVote and run metrics off the Raft thread** (2026-11-30, code 3bd0b87..bdee4ea):
+(b) 7 runs alternated with dbd9cfa before PreVote: 3bd0b87 3.30-4.03 s (median 3.43 s), dbd9cfa
+3.38-4.20 s (median 3.57 s): the same within the noise; takeovers mid-herd 0 in 7 vs 1 in 7. With
+PreVote (bdee4ea), 4 runs on a busier host: 3.93, 4.07, 4.15, 4.19 s, no takeover, none lost.
+(c) 5 kills: failover median 0.601 s, worst 0.604 s; a new leader 0.32-0.40 s after each kill.
+
 **Since a leader heartbeats while it applies a backlog** (2026-11-30, code c9af213..ea70b23:
 record commands carry at most 250 executions and launch commands 1,000; a leader sends its
 heartbeat between two Raft entries it applies). A quieter host than the entry below (floor
