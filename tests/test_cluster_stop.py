@@ -36,3 +36,18 @@ def test_a_leader_and_agent_stopped_after_the_followers_exit_at_once(tmp_path: P
         assert stop.get("graceful") and stop.get("rc") == 0, (name, stop)
     assert stops[agent.name]["seconds"] < 2.0, stops  # was 3.1 s
     assert stops[leader.name]["seconds"] < 3.0, stops  # was 5.1 s
+
+
+def test_an_agent_leaving_a_leader_cut_off_from_its_quorum_exits_at_once(tmp_path: Path) -> None:
+    # The leader keeps running: the agent's Leave reaches a server that is not stopping but cannot
+    # commit. That is the race above when the agent's SIGTERM is handled before the leader's.
+    with LocalCluster(tmp_path, agents={"a1": {"pool": "web"}}) as cluster:
+        cluster.start(timeout=120)
+        leader = cluster.wait_ready(60)
+        for follower in (s for s in cluster.servers if s is not leader):
+            follower.stop(20)
+        agent = cluster.agents[0]
+        agent.stop(20)
+        stop = agent.last_stop
+    assert stop.get("graceful") and stop.get("rc") == 0, stop
+    assert stop["seconds"] < 2.0, stop

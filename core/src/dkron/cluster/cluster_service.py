@@ -146,10 +146,13 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         if request.node_name in ("", self.agent.node_name):
             return stop_soon(self.agent)  # `dkron leave`: this node leaves and stops
         left = self.agent.cluster.membership.leave(request.node_name)
-        # A server that is stopping too (the whole cluster going down at once) may have no quorum
-        # left: waiting 5 s for the commit would hold the leaving node and this server's own exit.
+        # A server that is stopping too, or already cut off from its quorum (the whole cluster going
+        # down at once; the agent's Leave can arrive before this server's own SIGTERM), may be
+        # unable to commit: waiting 5 s would hold the leaving node and this server's own exit.
         # Membership is soft state; the next leader sees the node as gone anyway.
-        timeout = 0.5 if self.agent.stopping else 5.0
+        raft = self.agent.raft
+        quorum = raft is not None and raft.quorum_connected()
+        timeout = 5.0 if quorum and not self.agent.stopping else 0.5
         try:
             now = format_time(datetime.now(UTC))
             self.agent.write("node_left", {"name": request.node_name, "now": now}, timeout=timeout)

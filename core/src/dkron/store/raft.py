@@ -396,5 +396,9 @@ class RaftNode(PreVoteMixin, SyncObj):
         """Raft addresses of the other servers this one is connected to right now."""
         return {node.id for node in self.otherNodes if self.isNodeConnected(node)}
 
+    def quorum_connected(self) -> bool:
+        """True while this server is connected to enough others to commit (a majority with it)."""
+        return 1 + len(self.connected_partners()) > (len(self.otherNodes) + 1) / 2
+
     def status(self) -> dict[str, Any]:
         return self.getStatus()
