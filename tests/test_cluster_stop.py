@@ -14,17 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from dkron.localcluster import LocalCluster
+from dkron.localcluster import LocalCluster, Node
 
 pytestmark = pytest.mark.slow
 
 
+def _stop_followers(cluster: LocalCluster) -> Node:
+    """Start the cluster, stop both followers (one after the other); return the leader, alone."""
+    cluster.start(timeout=120)
+    leader = cluster.wait_ready(60)
+    for follower in (s for s in cluster.servers if s is not leader):
+        follower.stop(20)
+    return leader
+
+
 def test_a_leader_and_agent_stopped_after_the_followers_exit_at_once(tmp_path: Path) -> None:
     with LocalCluster(tmp_path, agents={"a1": {"pool": "web"}}) as cluster:
-        cluster.start(timeout=120)
-        leader = cluster.wait_ready(60)
-        for follower in (s for s in cluster.servers if s is not leader):
-            follower.stop(20)
+        leader = _stop_followers(cluster)
         agent = cluster.agents[0]
         threads = [threading.Thread(target=node.stop, args=(20,)) for node in (leader, agent)]
         for thread in threads:
@@ -42,10 +48,7 @@ def test_an_agent_leaving_a_leader_cut_off_from_its_quorum_exits_at_once(tmp_pat
     # The leader keeps running: the agent's Leave reaches a server that is not stopping but cannot
     # commit. That is the race above when the agent's SIGTERM is handled before the leader's.
     with LocalCluster(tmp_path, agents={"a1": {"pool": "web"}}) as cluster:
-        cluster.start(timeout=120)
-        leader = cluster.wait_ready(60)
-        for follower in (s for s in cluster.servers if s is not leader):
-            follower.stop(20)
+        _stop_followers(cluster)
         agent = cluster.agents[0]
         agent.stop(20)
         stop = agent.last_stop
