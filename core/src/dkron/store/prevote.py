@@ -34,12 +34,12 @@ _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 class PreVoteMixin(SyncObj):
     """Gate pysyncobj's elections behind a pre-vote round. Mix in before ``SyncObj``."""
 
-    #: A server that heard from a leader more recently than this refuses pre-votes. Just under the
-    #: minimum election timeout: with heartbeats every 50 ms, a live leader is heard far more often.
-    _prevote_quiet: float = 0.18
-
     def _prevote_init(self, quiet: float) -> None:
-        """Call before ``SyncObj.__init__`` (its tick thread may start at once)."""
+        """Call before ``SyncObj.__init__`` (its tick thread may start at once).
+
+        A server that heard from a leader less than ``quiet`` seconds ago refuses pre-votes: just
+        under the minimum election timeout, so a live leader (heard every heartbeat) is never
+        deposed and a dead one is replaced after one timeout."""
         self._prevote_quiet = quiet
         self._leader_heard = 0.0
         self._prevote_term = -1  # the term of the pre-vote round under way (-1: none)
