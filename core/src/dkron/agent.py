@@ -165,6 +165,7 @@ class Agent:
             catchup_window=self.config["catchup-window"],
             placement=self.placement,
             retry_backoff=(self.config["retry-backoff-base"], self.config["retry-backoff-max"]),
+            commit_records=self.recorder.commit_now,
         )
         self.scheduler.on_leadership = self._prepare_leadership
         self.state.listeners.append(self._on_applied)

@@ -69,6 +69,15 @@ class Recorder:
             if len(self._pending) >= self._max_batch:
                 self._cond.notify()
 
+    def commit_now(self, events: list[dict[str, Any]]) -> None:
+        """Commit ``events`` in one write, now, bypassing the batch; raises ``StoreUnavailable``.
+
+        For records that must be in the store before what follows them is: the scheduler's
+        missed ticks, which a later launch would otherwise hide (see ``Scheduler._become_leader``).
+        Idempotent like every record: a retry after an unknown outcome changes nothing.
+        """
+        self._write("record", {"executions": events, **self._retention()})
+
     def _retention(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"keep_per_job": self.keep_per_job}
         if self.keep_seconds:

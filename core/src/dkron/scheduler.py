@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -110,9 +110,13 @@ class Scheduler(FollowupPlanning):
         clock: Callable[[], float] = time.time,
         placement: Placement | None = None,
         retry_backoff: tuple[float, float] = (1.0, 300.0),
+        commit_records: Callable[[list[dict[str, Any]]], Any] | None = None,
     ) -> None:
         self.reader = reader
         self.write = write
+        #: Commits execution records at once (``Recorder.commit_now``, with the retention
+        #: settings); ``record`` only queues them. Tests may leave it to a bare ``record`` write.
+        self.commit_records = commit_records or (lambda events: write("record", {"executions": events}))
         self.runner = runner
         self.placement = placement or Placement(runner, node_name)
         self.record = record
@@ -250,15 +254,13 @@ class Scheduler(FollowupPlanning):
             self._changes.get_nowait()
         now = self._now_ms()
         self._replicate_retry_backoff()
-        self._reconcile_running()
         # Jobs first: adopted launches are dispatched against the loaded jobs (a launch of a job
         # not loaded is taken for one deleted or disabled since, and dropped).
         jobs = self.reader.schedulable_jobs()
         entries = [(job, entry) for job in jobs if (entry := self._load(job)) is not None]
         for job, entry in entries:
             self._jobs[job["name"]] = entry
-        adopted = self._reconcile_launches(now)
-        self._adopt_followups(now)
+        adopted = self._unstarted_launches(now)
         catchups, missed = [], []
         for job, entry in entries:
             last = job.get("_last_scheduled_ms")
@@ -271,14 +273,22 @@ class Scheduler(FollowupPlanning):
             if gap and self.paused:
                 gap = []  # ticks skipped on purpose while scheduling is paused: neither run nor missed
             if gap:
-                run, gap = self._catchup_ticks(job, gap, now, adopted)
+                run, gap = self._catchup_ticks(job, gap, now, adopted.keys())
                 catchups += [self._launch(entry, tick, "catchup") for tick in run]
                 if gap:
                     missed.append(self._missed(job["name"], gap, now))
             self._push(entry, fire)
         if missed:
-            for event in missed:
-                self.record(event)
+            # Committed first, before this leader starts or launches anything: a launch (the
+            # catch-up's, or the next tick's) moves the job's last scheduled tick past the gap,
+            # so a missed record still queued in the recorder when this process died would leave
+            # the gap's ticks neither run nor reported. The record moves the last scheduled tick
+            # itself: a takeover retried after this write failed reports the same ticks, once.
+            self._commit_records(missed)
+        self._reconcile_running()
+        for spec in adopted.values():
+            self._queue(spec, max(spec.scheduled_ms, now))
+        self._adopt_followups(now)
         if catchups:
             self._commit(catchups, now)
         log.info(
@@ -289,7 +299,7 @@ class Scheduler(FollowupPlanning):
         )
 
     def _catchup_ticks(
-        self, job: dict[str, Any], gap: list[int], now: int, adopted: set[tuple[str, int]]
+        self, job: dict[str, Any], gap: list[int], now: int, adopted: Container[tuple[str, int]]
     ) -> tuple[list[int], list[int]]:
         """Split the ticks missed in a gap into (to run now, to record as missed), per the job's
         ``catchup`` policy; only ticks within the catch-up window may run."""
@@ -353,16 +363,13 @@ class Scheduler(FollowupPlanning):
         )
         return True
 
-    def _reconcile_launches(self, now: int) -> set[tuple[str, int]]:
-        """Adopt committed launches that never started; returns their (job, tick) keys."""
-        adopted = set()
+    def _unstarted_launches(self, now: int) -> dict[tuple[str, int], RunSpec]:
+        """Committed launches that never started, by (job, tick): the takeover adopts them."""
+        adopted = {}
         for launch in self.reader.unstarted_launches_since(now - self.catchup_window_ms):
             job = self.reader.get_job(launch["job"])
-            if job is None:
-                continue
-            spec = self._spec(job, launch)
-            adopted.add((launch["job"], launch["scheduled_ms"]))
-            self._queue(spec, max(launch["scheduled_ms"], now))
+            if job is not None:
+                adopted[(launch["job"], launch["scheduled_ms"])] = self._spec(job, launch)
         return adopted
 
     def _spec(self, job: dict[str, Any], launch: dict[str, Any]) -> RunSpec:
@@ -440,6 +447,21 @@ class Scheduler(FollowupPlanning):
             "error": reason,
             "output": f"{reason}\n{ex.get('output') or ''}",
         }
+
+    def _commit_records(self, events: list[dict[str, Any]]) -> None:
+        """Commit ``events`` now, retrying for up to 10 s; raises ``StoreUnavailable`` if it
+        cannot (the planner then takes over again, or the next leader does)."""
+        deadline = time.monotonic() + 10
+        while True:
+            if not self._leading.is_set():
+                raise StoreUnavailable("leadership lost while committing missed ticks")
+            try:
+                self.commit_records(events)
+                return
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _commit(self, launches: list[dict[str, Any]], now: int) -> None:
         """Commit launch intents in commands of at most ``LAUNCH_BATCH`` and queue the accepted.
