@@ -65,3 +65,15 @@ def test_a_stop_gives_up_at_once_when_told_nothing_can_commit_any_more() -> None
     started = time.monotonic()
     recorder.stop(timeout=10.0, abandon=lambda: True)  # e.g. the leader is gone too
     assert time.monotonic() - started < 2.0
+
+
+def test_records_committed_at_once_go_in_bounded_commands_with_the_retention_settings() -> None:
+    """A takeover after a gap commits one missed record per job: 5,000 jobs must not become
+    one Raft command that holds every server's Raft thread past an election timeout."""
+    commands: list[dict[str, Any]] = []
+    recorder = Recorder(lambda command, payload: commands.append(payload), keep_per_job=7, max_batch=250)
+    events = [{"job_name": f"j{i}", "id": "1-missed", "status": "missed"} for i in range(600)]
+    recorder.commit_now(events)  # the recorder's thread is not started: this write is the caller's
+    assert [len(c["executions"]) for c in commands] == [250, 250, 100]
+    assert [e for c in commands for e in c["executions"]] == events
+    assert {c["keep_per_job"] for c in commands} == {7}

@@ -70,13 +70,15 @@ class Recorder:
                 self._cond.notify()
 
     def commit_now(self, events: list[dict[str, Any]]) -> None:
-        """Commit ``events`` in one write, now, bypassing the batch; raises ``StoreUnavailable``.
+        """Commit ``events`` now, bypassing the queue; raises ``StoreUnavailable``.
 
         For records that must be in the store before what follows them is: the scheduler's
         missed ticks, which a later launch would otherwise hide (see ``Scheduler._become_leader``).
-        Idempotent like every record: a retry after an unknown outcome changes nothing.
+        In commands of at most ``max_batch`` events, as the queue's. Idempotent like every
+        record: a retry after an unknown outcome changes nothing.
         """
-        self._write("record", {"executions": events, **self._retention()})
+        for start in range(0, len(events), self._max_batch):
+            self._write("record", {"executions": events[start : start + self._max_batch], **self._retention()})
 
     def _retention(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"keep_per_job": self.keep_per_job}
