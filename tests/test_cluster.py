@@ -214,8 +214,14 @@ def tag_runs(cluster: LocalCluster) -> Iterator[dict[str, list[dict[str, Any]]]]
         wait_for(lambda: len(by_run(cluster.executions("tags-pool2"))) >= 5, 20, "5 ticks of tags-pool2")
         for name in TAG_JOBS:
             assert cluster.api().post(f"/v1/jobs/{name}/toggle").json()["disabled"] is True
-        time.sleep(1.5)  # the last dispatched runs finish and are recorded
-        yield {name: cluster.executions(name) for name in TAG_JOBS}
+        time.sleep(1.0)  # a run held by its node until its second still starts after the toggle
+
+        def all_final() -> dict[str, list[dict[str, Any]]] | None:
+            runs = {name: cluster.executions(name) for name in TAG_JOBS}
+            return None if any(e["status"] == "running" for ex in runs.values() for e in ex) else runs
+
+        # Waited for, not assumed: on a loaded host a result can take more than a second to commit.
+        yield wait_for(all_final, 15, "every run of the tag jobs recorded as ended")
     finally:
         for name in TAG_JOBS:
             cluster.delete_job(name)
