@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dkron.store import followups
 from dkron.store.raft import StoreUnavailable
@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 FOLLOWUP_KINDS = ("retry", "dependent")
 FOLLOWUP_RETENTION_MS = 24 * 3600 * 1000
+#: How long the leader retries one of its writes (launches, claims, missed ticks).
+LEADER_WRITE_DEADLINE = 10.0
+
+T = TypeVar("T")
+
+
+class NotLeading(StoreUnavailable):
+    """This node stopped leading before its write committed: the next leader takes over."""
 
 
 class FollowupPlanning:
@@ -46,6 +54,22 @@ class FollowupPlanning:
     def followups_changed(self) -> None:
         """A record created follow-ups (tick thread: just wake the planner)."""
         self._wake.set()
+
+    def _write_while_leading(self, write: Callable[[], T]) -> T:
+        """``write()`` until it commits, retrying for up to ``LEADER_WRITE_DEADLINE`` seconds.
+
+        Raises ``NotLeading`` once this node no longer leads, and ``StoreUnavailable`` when the
+        time is up. Every leader write is idempotent, so a retry after an unknown outcome is safe."""
+        deadline = time.monotonic() + LEADER_WRITE_DEADLINE
+        while True:
+            if not self._leading.is_set():
+                raise NotLeading("this node no longer leads")
+            try:
+                return write()
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _replicate_retry_backoff(self) -> None:
         """The state machine computes retry times from replicated settings: a new leader writes
@@ -115,18 +139,13 @@ class FollowupPlanning:
             "now_ms": now,
             "prune_before_ms": now - FOLLOWUP_RETENTION_MS,
         }
-        deadline = time.monotonic() + 10
-        while True:
-            if not self._leading.is_set():
-                return
-            try:
-                result = self.write("claim_followups", payload)
-                break
-            except StoreUnavailable as exc:
-                if time.monotonic() > deadline:
-                    log.error("could not claim %d follow-up runs: %s", len(claims), exc)
-                    return
-                time.sleep(0.05)
+        try:
+            result = self._write_while_leading(lambda: self.write("claim_followups", payload))
+        except NotLeading:
+            return
+        except StoreUnavailable as exc:
+            log.error("could not claim %d follow-up runs: %s", len(claims), exc)
+            return
         accepted = set(result.get("accepted", ())) if isinstance(result, dict) else set()
         nodes = {c["id"]: c["node"] for c in claims}
         for row in rows:

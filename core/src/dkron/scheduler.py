@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from dkron.followup_planning import FOLLOWUP_KINDS, FollowupPlanning
+from dkron.followup_planning import FOLLOWUP_KINDS, FollowupPlanning, NotLeading
 from dkron.jobs import format_time, parse_time
 from dkron.logcontext import about
 from dkron.runner import Runner, RunSpec
@@ -284,7 +284,8 @@ class Scheduler(FollowupPlanning):
             # so a missed record still queued in the recorder when this process died would leave
             # the gap's ticks neither run nor reported. The record moves the last scheduled tick
             # itself: a takeover retried after this write failed reports the same ticks, once.
-            self._commit_records(missed)
+            # Failing, it raises: the planner then takes over again, or the next leader does.
+            self._write_while_leading(lambda: self.commit_records(missed))
         self._reconcile_running()
         for spec in adopted.values():
             self._queue(spec, max(spec.scheduled_ms, now))
@@ -448,21 +449,6 @@ class Scheduler(FollowupPlanning):
             "output": f"{reason}\n{ex.get('output') or ''}",
         }
 
-    def _commit_records(self, events: list[dict[str, Any]]) -> None:
-        """Commit ``events`` now, retrying for up to 10 s; raises ``StoreUnavailable`` if it
-        cannot (the planner then takes over again, or the next leader does)."""
-        deadline = time.monotonic() + 10
-        while True:
-            if not self._leading.is_set():
-                raise StoreUnavailable("leadership lost while committing missed ticks")
-            try:
-                self.commit_records(events)
-                return
-            except StoreUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
     def _commit(self, launches: list[dict[str, Any]], now: int) -> None:
         """Commit launch intents in commands of at most ``LAUNCH_BATCH`` and queue the accepted.
 
@@ -490,18 +476,13 @@ class Scheduler(FollowupPlanning):
             "schedule_state": schedule_state,
             "prune_before_ms": now - LAUNCH_RETENTION_MS,
         }
-        deadline = time.monotonic() + 10
-        while True:
-            if not self._leading.is_set():
-                return  # a new leader adopts whatever committed
-            try:
-                result = self.write("launch", payload)
-                break
-            except StoreUnavailable as exc:
-                if time.monotonic() > deadline:
-                    log.error("could not commit %d launches: %s", len(launches), exc)
-                    return
-                time.sleep(0.05)
+        try:
+            result = self._write_while_leading(lambda: self.write("launch", payload))
+        except NotLeading:
+            return  # a new leader adopts whatever committed
+        except StoreUnavailable as exc:
+            log.error("could not commit %d launches: %s", len(launches), exc)
+            return
         accepted = set(result.get("accepted", ())) if isinstance(result, dict) else set()
         for launch in launches:
             if launch["run_id"] in accepted:
