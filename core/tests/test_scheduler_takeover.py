@@ -110,15 +110,14 @@ def test_a_leader_reelected_during_a_write_dispatches_the_launches_it_had_queued
 
 
 class TakeoverAfterAGap:
-    """A job ``every-second`` whose last committed tick was ``gap`` seconds ago, a scheduler
-    over the real state machine, and every write it makes, in order."""
+    """A job ``every-second`` whose last committed tick was ``gap`` seconds ago, and a scheduler
+    over the real state machine whose writes pass through ``before_write``."""
 
     def __init__(self, tmp_path: Path, gap: int) -> None:
         self.state = StateMachine(str(tmp_path / "state.db"))
         self.reader = Reader(str(tmp_path / "state.db"))
         self._index = iter(range(1, 1_000_000))
         self._lock = threading.Lock()
-        self.writes: list[tuple[str, dict[str, Any]]] = []
         self.before_write: Callable[[str, dict[str, Any]], None] = lambda command, payload: None
         self.last_tick = (int(time.time()) - gap) * 1000
         job = {"name": "every-second", "schedule": "@every 1s", "executor": "shell", "parent_job": ""}
@@ -136,8 +135,11 @@ class TakeoverAfterAGap:
 
     def write(self, command: str, payload: dict[str, Any], **_: Any) -> Any:
         self.before_write(command, payload)
+        return self.apply(command, payload)
+
+    def apply(self, command: str, payload: dict[str, Any]) -> Any:
+        """Commit straight to the state machine, as Raft would (no hook)."""
         with self._lock:
-            self.writes.append((command, payload))
             return self.state.apply(next(self._index), command, payload)
 
     def take_over(self, until: Callable[[], bool]) -> None:
@@ -185,8 +187,7 @@ def test_a_missed_record_whose_commit_outcome_was_unknown_counts_its_ticks_once(
         missed = [ex for ex in payload.get("executions", ()) if ex["status"] == "missed"]
         if command == "record" and missed and not unknown.is_set():
             unknown.set()
-            with takeover._lock:
-                takeover.state.apply(next(takeover._index), command, payload)
+            takeover.apply(command, payload)
             raise StoreUnavailable("timed out waiting for the commit", unknown=True)
 
     takeover.before_write = applied_then_unknown
